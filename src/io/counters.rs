@@ -1,0 +1,157 @@
+//! Per-worker traffic counters. Each worker counts in plain integers and
+//! publishes them once per batch into its own cache-line-aligned block of
+//! atomics (plain stores, no read-modify-write, no sharing of lines between
+//! workers); readers such as the statistics log sum the blocks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::proto::DropReason;
+
+const DROP_REASONS: usize = DropReason::ALL.len();
+
+/// One worker's totals since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams received.
+    pub received: u64,
+    /// Replies handed to the kernel.
+    pub replied: u64,
+    /// Datagrams dropped, indexed by [`DropReason::index`].
+    pub dropped: [u64; DROP_REASONS],
+    /// Requests that arrived without a kernel receive timestamp although
+    /// timestamping was on (a clock read stood in).
+    pub missing_rx_stamp: u64,
+    /// Replies the kernel refused (e.g. send buffer full).
+    pub send_errors: u64,
+    /// Datagrams the kernel dropped before we could read them (socket
+    /// receive queue full, `SO_RXQ_OVFL`).
+    pub kernel_drops: u64,
+}
+
+impl Counters {
+    /// All drops, whatever the reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// Drops for one reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()]
+    }
+
+    /// Field-wise sum (for totals over workers).
+    pub fn add(&mut self, other: &Counters) {
+        self.received += other.received;
+        self.replied += other.replied;
+        for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
+            *a += b;
+        }
+        self.missing_rx_stamp += other.missing_rx_stamp;
+        self.send_errors += other.send_errors;
+        self.kernel_drops += other.kernel_drops;
+    }
+}
+
+impl std::fmt::Display for Counters {
+    /// One log-friendly line: `received 10, replied 7, dropped 3
+    /// (not_client_mode=3), missing rx stamps 1, send errors 2, kernel drops 4`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "received {}, replied {}, dropped {}",
+            self.received,
+            self.replied,
+            self.dropped_total()
+        )?;
+        let mut sep = " (";
+        for reason in DropReason::ALL {
+            let n = self.dropped(reason);
+            if n > 0 {
+                write!(f, "{sep}{}={n}", reason.name())?;
+                sep = ", ";
+            }
+        }
+        if sep == ", " {
+            f.write_str(")")?;
+        }
+        write!(
+            f,
+            ", missing rx stamps {}, send errors {}, kernel drops {}",
+            self.missing_rx_stamp, self.send_errors, self.kernel_drops
+        )
+    }
+}
+
+/// The published copy of one worker's [`Counters`]; written only by that
+/// worker, read by anyone.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct SharedCounters {
+    received: AtomicU64,
+    replied: AtomicU64,
+    dropped: [AtomicU64; DROP_REASONS],
+    missing_rx_stamp: AtomicU64,
+    send_errors: AtomicU64,
+    kernel_drops: AtomicU64,
+}
+
+impl SharedCounters {
+    /// Publishes the worker's current totals (called by the owning worker).
+    pub fn publish(&self, c: &Counters) {
+        let r = Ordering::Relaxed;
+        self.received.store(c.received, r);
+        self.replied.store(c.replied, r);
+        for (slot, v) in self.dropped.iter().zip(c.dropped) {
+            slot.store(v, r);
+        }
+        self.missing_rx_stamp.store(c.missing_rx_stamp, r);
+        self.send_errors.store(c.send_errors, r);
+        self.kernel_drops.store(c.kernel_drops, r);
+    }
+
+    /// The last published totals.
+    pub fn load(&self) -> Counters {
+        let r = Ordering::Relaxed;
+        Counters {
+            received: self.received.load(r),
+            replied: self.replied.load(r),
+            dropped: std::array::from_fn(|i| self.dropped[i].load(r)),
+            missing_rx_stamp: self.missing_rx_stamp.load(r),
+            send_errors: self.send_errors.load(r),
+            kernel_drops: self.kernel_drops.load(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_then_load_round_trips_and_sums() {
+        let mut c = Counters {
+            received: 10,
+            replied: 7,
+            missing_rx_stamp: 1,
+            send_errors: 2,
+            kernel_drops: 4,
+            ..Counters::default()
+        };
+        c.dropped[DropReason::NotClientMode.index()] = 3;
+        let shared = SharedCounters::default();
+        shared.publish(&c);
+        assert_eq!(shared.load(), c);
+        let mut total = Counters::default();
+        total.add(&c);
+        total.add(&c);
+        assert_eq!(total.received, 20);
+        assert_eq!(total.dropped(DropReason::NotClientMode), 6);
+        assert_eq!(total.dropped_total(), 6);
+        assert_eq!(total.kernel_drops, 8);
+        assert_eq!(
+            c.to_string(),
+            "received 10, replied 7, dropped 3 (not_client_mode=3), missing rx stamps 1, \
+             send errors 2, kernel drops 4"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The portable backend: `poll` to wait, then per ready socket a
+//! `recvmmsg` batch in, [`Worker::handle`] per datagram, and one `sendmmsg`
+//! batch out. Every buffer is allocated once per worker; the per-packet path
+//! only resets a few header fields.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::cmsg::{self, LocalAddr, RecvInfo, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use super::socket::ListenSocket;
+use super::worker::{Datagram, Worker};
+use crate::proto::HEADER_LEN;
+
+/// Datagrams per `recvmmsg`/`sendmmsg` call.
+pub const BATCH: usize = 64;
+/// Largest datagram read whole; longer ones are dropped as oversize. 1280
+/// bytes (the IPv6 minimum MTU) fits any unfragmented NTP request with
+/// extension fields.
+pub const RECV_SLOT: usize = 1280;
+/// How long a worker sleeps in `poll` before re-checking the stop flag.
+const POLL_TIMEOUT_MS: i32 = 100;
+/// Batches read from one socket before looking at the others.
+const ROUNDS_PER_SOCKET: usize = 8;
+
+#[repr(C, align(8))]
+struct RecvControl([u8; RECV_CONTROL_LEN]);
+
+#[repr(C, align(8))]
+struct SendControl([u8; SEND_CONTROL_LEN]);
+
+/// The buffers and message headers of one worker. The headers point into
+/// the boxed buffers, which never move; the raw pointers also make this
+/// type `!Send`, so it lives and dies on its worker thread.
+struct MmsgBatch {
+    payload: Box<[[u8; RECV_SLOT]]>,
+    names: Box<[libc::sockaddr_storage]>,
+    recv_control: Box<[RecvControl]>,
+    recv_iov: Box<[libc::iovec]>,
+    recv_hdr: Box<[libc::mmsghdr]>,
+    /// Headers the last `recvmmsg` filled, to be reset before the next.
+    recv_used: usize,
+    replies: Box<[[u8; HEADER_LEN]]>,
+    send_control: Box<[SendControl]>,
+    send_iov: Box<[libc::iovec]>,
+    send_hdr: Box<[libc::mmsghdr]>,
+}
+
+fn zeroed_slice<T>(n: usize) -> Box<[T]> {
+    // SAFETY: only used for C structs (sockaddr_storage, iovec, mmsghdr)
+    // for which all-zero bytes are a valid value.
+    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
+}
+
+impl MmsgBatch {
+    fn new() -> Self {
+        let mut b = MmsgBatch {
+            payload: vec![[0u8; RECV_SLOT]; BATCH].into_boxed_slice(),
+            names: zeroed_slice(BATCH),
+            recv_control: (0..BATCH)
+                .map(|_| RecvControl([0; RECV_CONTROL_LEN]))
+                .collect(),
+            recv_iov: zeroed_slice(BATCH),
+            recv_hdr: zeroed_slice(BATCH),
+            recv_used: BATCH,
+            replies: vec![[0u8; HEADER_LEN]; BATCH].into_boxed_slice(),
+            send_control: (0..BATCH)
+                .map(|_| SendControl([0; SEND_CONTROL_LEN]))
+                .collect(),
+            send_iov: zeroed_slice(BATCH),
+            send_hdr: zeroed_slice(BATCH),
+        };
+        for i in 0..BATCH {
+            b.recv_iov[i] = libc::iovec {
+                iov_base: b.payload[i].as_mut_ptr().cast(),
+                iov_len: RECV_SLOT,
+            };
+            let h = &mut b.recv_hdr[i].msg_hdr;
+            h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut b.recv_iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = b.recv_control[i].0.as_mut_ptr().cast();
+            b.send_iov[i] = libc::iovec {
+                iov_base: b.replies[i].as_mut_ptr().cast(),
+                iov_len: HEADER_LEN,
+            };
+            let s = &mut b.send_hdr[i].msg_hdr;
+            s.msg_iov = &mut b.send_iov[i];
+            s.msg_iovlen = 1;
+        }
+        b
+    }
+
+    /// Reads up to [`BATCH`] datagrams without blocking.
+    fn recv(&mut self, fd: i32) -> io::Result<usize> {
+        for h in &mut self.recv_hdr[..self.recv_used] {
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_hdr.msg_controllen = RECV_CONTROL_LEN as _;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points at buffers owned by `self` with the
+        // lengths just set; `BATCH` headers exist; the kernel writes only
+        // within those lengths. No timeout pointer is passed.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.recv_hdr.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            self.recv_used = 0;
+            return Err(io::Error::last_os_error());
+        }
+        self.recv_used = n as usize;
+        Ok(n as usize)
+    }
+
+    /// Runs `answer` on each of the `n` received datagrams; each reply it
+    /// writes is queued to go back to the sender (from the request's
+    /// destination address when `wildcard`). Returns the replies queued.
+    fn answer_all(
+        &mut self,
+        n: usize,
+        wildcard: bool,
+        mut answer: impl FnMut(Datagram<'_>, &RecvInfo, &mut [u8; HEADER_LEN]) -> bool,
+    ) -> usize {
+        let mut queued = 0;
+        for i in 0..n {
+            let h = &self.recv_hdr[i];
+            // msg_controllen is size_t on glibc but socklen_t on musl.
+            #[allow(clippy::unnecessary_cast)]
+            let control_len = (h.msg_hdr.msg_controllen as usize).min(RECV_CONTROL_LEN);
+            let info = cmsg::parse(&self.recv_control[i].0[..control_len]);
+            let len = (h.msg_len as usize).min(RECV_SLOT);
+            let dgram = Datagram {
+                payload: &self.payload[i][..len],
+                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                rx_stamp: info.rx_stamp,
+            };
+            if !answer(dgram, &info, &mut self.replies[queued]) {
+                continue;
+            }
+            let source = if wildcard { info.local } else { None };
+            self.queue(queued, i, source.as_ref());
+            queued += 1;
+        }
+        queued
+    }
+
+    /// Addresses reply slot `slot` to the sender of received datagram `from`.
+    fn queue(&mut self, slot: usize, from: usize, source: Option<&LocalAddr>) {
+        let namelen = self.recv_hdr[from].msg_hdr.msg_namelen;
+        let name: *mut libc::sockaddr_storage = &mut self.names[from];
+        let control = &mut self.send_control[slot].0;
+        let (control_ptr, control_len) = match source {
+            Some(local) => (control.as_mut_ptr(), cmsg::write_source(control, local)),
+            None => (std::ptr::null_mut(), 0),
+        };
+        let s = &mut self.send_hdr[slot].msg_hdr;
+        s.msg_name = name.cast();
+        s.msg_namelen = namelen;
+        s.msg_control = control_ptr.cast();
+        s.msg_controllen = control_len as _;
+    }
+
+    /// Sends the first `count` queued replies; returns how many failed.
+    /// A failure of one reply (e.g. a firewall refusing one destination)
+    /// skips just that reply; a full send buffer fails the rest.
+    fn send(&mut self, fd: i32, count: usize) -> u64 {
+        let mut done = 0;
+        let mut failed = 0;
+        while done < count {
+            // SAFETY: headers `done..count` were filled by `queue` and point
+            // at buffers owned by `self` (names stay valid until the next
+            // `recv`).
+            let rc = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.send_hdr[done..].as_mut_ptr(),
+                    (count - done) as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc > 0 {
+                done += rc as usize;
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                    failed += (count - done) as u64;
+                    break;
+                }
+                _ => {
+                    failed += 1;
+                    done += 1;
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// Serves `sockets` until `stop` is set. Returns an error only for failures
+/// that mean the sockets are unusable.
+pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -> io::Result<()> {
+    let mut batch = MmsgBatch::new();
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
+        let ready =
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_TIMEOUT_MS) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        for (index, (sock, pfd)) in sockets.iter().zip(&fds).enumerate() {
+            if pfd.revents == 0 {
+                continue;
+            }
+            for _ in 0..ROUNDS_PER_SOCKET {
+                if serve_batch(worker, &mut batch, index, sock)? < BATCH {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One batch from one socket; returns how many datagrams it read.
+fn serve_batch(
+    worker: &mut Worker,
+    batch: &mut MmsgBatch,
+    index: usize,
+    sock: &ListenSocket,
+) -> io::Result<usize> {
+    let n = match batch.recv(sock.fd()) {
+        Ok(n) => n,
+        Err(e) => {
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR | libc::ENOMEM | libc::ENOBUFS) => Ok(0),
+                _ => Err(e),
+            }
+        }
+    };
+    if n == 0 {
+        return Ok(0);
+    }
+    worker.begin_batch();
+    let queued = batch.answer_all(n, sock.wildcard, |dgram, info, reply| {
+        if let Some(total) = info.rxq_dropped {
+            worker.note_rxq_dropped(index, total);
+        }
+        worker.handle(dgram, reply)
+    });
+    let failed = batch.send(sock.fd(), queued);
+    worker.note_send_failures(failed);
+    worker.end_batch();
+    Ok(n)
+}

@@ -1,0 +1,268 @@
+//! Listening sockets and thread placement: one `SO_REUSEPORT` socket per
+//! worker and listen address (the kernel spreads clients over them by
+//! hash), each with kernel receive timestamps, packet info when bound to a
+//! wildcard address, overflow counting and large buffers. Bind failures are
+//! turned into messages that tell an operator what to change.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Receive buffer asked for (the kernel doubles it). Small buffers drop
+/// datagrams during sub-millisecond stalls at high rates.
+const RECV_BUFFER: usize = 4 << 20;
+/// Send buffer asked for.
+const SEND_BUFFER: usize = 1 << 20;
+
+/// A bound socket of one worker.
+#[derive(Debug)]
+pub struct ListenSocket {
+    /// The socket (non-blocking).
+    pub socket: UdpSocket,
+    /// The address it is bound to (with the real port when 0 was asked).
+    pub local: SocketAddr,
+    /// Bound to 0.0.0.0 or `::`: replies need packet info to leave from the
+    /// address the request was sent to.
+    pub wildcard: bool,
+}
+
+impl ListenSocket {
+    /// The file descriptor.
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// Why a listen address could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Privileged port without the privilege.
+    #[error(
+        "cannot bind {addr}: permission denied. Ports below 1024 need root or the \
+         CAP_NET_BIND_SERVICE capability (e.g. `setcap cap_net_bind_service=+ep \
+         /usr/sbin/fastntpd`, or AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd \
+         unit); or pick a port of 1024 or more in `[server] listen`"
+    )]
+    PermissionDenied {
+        /// The listen address.
+        addr: SocketAddr,
+    },
+    /// Someone else holds the port.
+    #[error(
+        "cannot bind {addr}: address already in use. Is another NTP server (chronyd, ntpd) \
+         running? Stop it or change `[server] listen`"
+    )]
+    AddressInUse {
+        /// The listen address.
+        addr: SocketAddr,
+    },
+    /// The address is not one of this host's.
+    #[error("cannot bind {addr}: no such local address; check `[server] listen`")]
+    AddressNotAvailable {
+        /// The listen address.
+        addr: SocketAddr,
+    },
+    /// The address family is not available (e.g. IPv6 disabled).
+    #[error("cannot open a socket for {addr}: address family not supported by this host")]
+    FamilyNotSupported {
+        /// The listen address.
+        addr: SocketAddr,
+    },
+    /// Any other failure.
+    #[error("cannot set up {addr}: {what}: {source}")]
+    Other {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The step that failed.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// How the sockets of a group are set up.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketOptions {
+    /// Ask for kernel software receive timestamps.
+    pub timestamps: bool,
+}
+
+/// Binds `count` sockets to `addr`, one per worker, sharing the port with
+/// `SO_REUSEPORT`. Port 0 picks a free port once; every socket of the group
+/// then binds to it.
+pub fn bind_group(
+    addr: SocketAddr,
+    count: usize,
+    opts: SocketOptions,
+) -> Result<Vec<ListenSocket>, SocketError> {
+    let mut group = Vec::with_capacity(count);
+    let mut target = addr;
+    for _ in 0..count {
+        let sock = bind_one(target, opts)?;
+        target = sock.local;
+        group.push(sock);
+    }
+    Ok(group)
+}
+
+fn bind_one(addr: SocketAddr, opts: SocketOptions) -> Result<ListenSocket, SocketError> {
+    let step =
+        |what: &'static str| move |source: io::Error| SocketError::Other { addr, what, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EAFNOSUPPORT) => SocketError::FamilyNotSupported { addr },
+                _ => step("socket")(e),
+            }
+        })?;
+    let wildcard = addr.ip().is_unspecified();
+    let fd = socket.as_raw_fd();
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(step("IPV6_V6ONLY"))?;
+    }
+    socket.set_reuse_port(true).map_err(step("SO_REUSEPORT"))?;
+    socket.set_nonblocking(true).map_err(step("O_NONBLOCK"))?;
+    set_buffer(&socket, libc::SO_RCVBUFFORCE, RECV_BUFFER).map_err(step("SO_RCVBUF"))?;
+    set_buffer(&socket, libc::SO_SNDBUFFORCE, SEND_BUFFER).map_err(step("SO_SNDBUF"))?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1).map_err(step("SO_RXQ_OVFL"))?;
+    if opts.timestamps {
+        let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32)
+            .map_err(step("SO_TIMESTAMPING"))?;
+    }
+    if wildcard {
+        let (level, name) = match addr {
+            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+        };
+        setsockopt_int(fd, level, name, 1).map_err(step("packet info"))?;
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => SocketError::PermissionDenied { addr },
+            Some(libc::EADDRINUSE) => SocketError::AddressInUse { addr },
+            Some(libc::EADDRNOTAVAIL) => SocketError::AddressNotAvailable { addr },
+            _ => step("bind")(e),
+        })?;
+    let local = socket
+        .local_addr()
+        .map_err(step("getsockname"))?
+        .as_socket()
+        .unwrap_or(addr);
+    Ok(ListenSocket {
+        socket: socket.into(),
+        local,
+        wildcard,
+    })
+}
+
+/// Sets a buffer size, forcing past `rmem_max`/`wmem_max` when privileged.
+fn set_buffer(socket: &Socket, force_opt: libc::c_int, size: usize) -> io::Result<()> {
+    let forced = setsockopt_int(socket.as_raw_fd(), libc::SOL_SOCKET, force_opt, size as i32);
+    if forced.is_ok() {
+        return Ok(());
+    }
+    if force_opt == libc::SO_RCVBUFFORCE {
+        socket.set_recv_buffer_size(size)
+    } else {
+        socket.set_send_buffer_size(size)
+    }
+}
+
+/// `setsockopt` with an `int` value.
+pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int for the duration of the call and the
+    // length passed is its size; the kernel validates `fd`, level and name.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The cores this process may run on, in order.
+pub fn usable_cores() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .unwrap_or_default()
+}
+
+/// Pins the calling thread to `core`; false if the OS refused.
+pub fn pin_current_thread(core: usize) -> bool {
+    core_affinity::set_for_current(core_affinity::CoreId { id: core })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_shares_one_ephemeral_port() {
+        let group = bind_group(
+            "127.0.0.1:0".parse().unwrap(),
+            3,
+            SocketOptions { timestamps: true },
+        )
+        .unwrap();
+        assert_eq!(group.len(), 3);
+        let port = group[0].local.port();
+        assert_ne!(port, 0);
+        assert!(group.iter().all(|s| s.local.port() == port && !s.wildcard));
+    }
+
+    #[test]
+    fn ipv6_wildcard_and_ipv4_wildcard_bind_the_same_port() {
+        let v4 = bind_group(
+            "0.0.0.0:0".parse().unwrap(),
+            1,
+            SocketOptions { timestamps: false },
+        )
+        .unwrap();
+        let port = v4[0].local.port();
+        let v6 = bind_group(
+            SocketAddr::from(([0u16; 8], port)),
+            1,
+            SocketOptions { timestamps: false },
+        );
+        match v6 {
+            Ok(v6) => assert!(v6[0].wildcard && v6[0].local.port() == port),
+            Err(SocketError::FamilyNotSupported { .. }) => eprintln!("skipped: no IPv6 here"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_port_held_without_reuseport_is_reported_as_in_use() {
+        let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = holder.local_addr().unwrap();
+        let err = bind_group(addr, 1, SocketOptions { timestamps: false }).unwrap_err();
+        assert!(matches!(err, SocketError::AddressInUse { .. }), "{err}");
+        assert!(err.to_string().contains("[server] listen"));
+    }
+
+    #[test]
+    fn a_foreign_address_is_reported_as_not_available() {
+        let err = bind_group(
+            "192.0.2.1:0".parse().unwrap(),
+            1,
+            SocketOptions { timestamps: false },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SocketError::AddressNotAvailable { .. }),
+            "{err}"
+        );
+    }
+}

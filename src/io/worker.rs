@@ -1,0 +1,200 @@
+//! The part of a worker that every I/O backend shares: for each batch, take
+//! the current [`ServerState`] from the snapshot; for each datagram, pick
+//! its receive time, run [`proto::respond`](crate::proto::respond) and
+//! count the outcome; after the batch, publish the counters. Backends only
+//! move bytes.
+
+use std::sync::Arc;
+
+use super::counters::{Counters, SharedCounters};
+use crate::clock;
+use crate::proto::{self, DropReason, ServerState, UnixTime, Verdict, HEADER_LEN};
+use crate::snapshot;
+
+/// Protocol glue and counters of one worker thread.
+pub struct Worker {
+    snapshot: snapshot::Reader,
+    state: ServerState,
+    expect_stamps: bool,
+    counters: Counters,
+    shared: Arc<SharedCounters>,
+    /// Last `SO_RXQ_OVFL` total seen per socket (the kernel reports a
+    /// running count per socket).
+    rxq_dropped: Vec<u32>,
+}
+
+/// One received datagram, as a backend hands it over.
+#[derive(Clone, Copy, Debug)]
+pub struct Datagram<'a> {
+    /// The payload (possibly cut at the buffer size, see `truncated`).
+    pub payload: &'a [u8],
+    /// The datagram was larger than the receive buffer.
+    pub truncated: bool,
+    /// Kernel receive timestamp, if one came with it.
+    pub rx_stamp: Option<UnixTime>,
+}
+
+impl Worker {
+    /// A worker reading `snapshot`, serving `sockets` sockets, publishing
+    /// its counters to `shared`. `expect_stamps`: kernel timestamps were
+    /// requested, so a missing one is counted.
+    pub fn new(
+        snapshot: snapshot::Reader,
+        sockets: usize,
+        expect_stamps: bool,
+        shared: Arc<SharedCounters>,
+    ) -> Self {
+        let state = snapshot.load();
+        Worker {
+            snapshot,
+            state,
+            expect_stamps,
+            counters: Counters::default(),
+            shared,
+            rxq_dropped: vec![0; sockets],
+        }
+    }
+
+    /// Starts a batch: picks up the latest published state.
+    pub fn begin_batch(&mut self) {
+        self.state = self.snapshot.load();
+    }
+
+    /// Handles one datagram; returns whether `reply` holds a reply to send.
+    pub fn handle(&mut self, dgram: Datagram<'_>, reply: &mut [u8; HEADER_LEN]) -> bool {
+        self.counters.received += 1;
+        if dgram.truncated {
+            self.count_drop(DropReason::Oversize);
+            return false;
+        }
+        let received = match dgram.rx_stamp {
+            Some(t) => t,
+            None => {
+                if self.expect_stamps {
+                    self.counters.missing_rx_stamp += 1;
+                }
+                clock::now()
+            }
+        };
+        match proto::respond(dgram.payload, received, &self.state, clock::now, reply) {
+            Verdict::Reply => {
+                self.counters.replied += 1;
+                true
+            }
+            Verdict::Drop(reason) => {
+                self.count_drop(reason);
+                false
+            }
+        }
+    }
+
+    fn count_drop(&mut self, reason: DropReason) {
+        self.counters.dropped[reason.index()] += 1;
+    }
+
+    /// Records the kernel's running drop count of socket `socket`.
+    pub fn note_rxq_dropped(&mut self, socket: usize, total: u32) {
+        if let Some(last) = self.rxq_dropped.get_mut(socket) {
+            self.counters.kernel_drops += total.wrapping_sub(*last) as u64;
+            *last = total;
+        }
+    }
+
+    /// Replies that were built but could not be sent: they were counted as
+    /// replied, so move them to send errors.
+    pub fn note_send_failures(&mut self, failed: u64) {
+        self.counters.replied = self.counters.replied.saturating_sub(failed);
+        self.counters.send_errors += failed;
+    }
+
+    /// Ends a batch: publishes the counters.
+    pub fn end_batch(&self) {
+        self.shared.publish(&self.counters);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(expect_stamps: bool) -> (Worker, Arc<SharedCounters>) {
+        let (_publisher, reader) = snapshot::new(&ServerState::unsynchronized(-20));
+        let shared = Arc::new(SharedCounters::default());
+        (
+            Worker::new(reader, 2, expect_stamps, Arc::clone(&shared)),
+            shared,
+        )
+    }
+
+    fn request() -> [u8; 48] {
+        let mut r = [0u8; 48];
+        r[0] = 0x23;
+        r
+    }
+
+    #[test]
+    fn counts_replies_drops_and_missing_stamps() {
+        let (mut w, shared) = worker(true);
+        let mut out = [0u8; 48];
+        w.begin_batch();
+        let stamp = Some(clock::now());
+        let req = request();
+        let ok = Datagram {
+            payload: &req,
+            truncated: false,
+            rx_stamp: stamp,
+        };
+        assert!(w.handle(ok, &mut out));
+        assert!(w.handle(
+            Datagram {
+                rx_stamp: None,
+                ..ok
+            },
+            &mut out
+        ));
+        assert!(!w.handle(
+            Datagram {
+                payload: &req[..40],
+                ..ok
+            },
+            &mut out
+        ));
+        assert!(!w.handle(
+            Datagram {
+                truncated: true,
+                ..ok
+            },
+            &mut out
+        ));
+        w.note_rxq_dropped(1, 5);
+        w.note_rxq_dropped(1, 7);
+        w.note_send_failures(1);
+        w.end_batch();
+        let c = shared.load();
+        assert_eq!(c.received, 4);
+        assert_eq!(c.replied, 1);
+        assert_eq!(c.send_errors, 1);
+        assert_eq!(c.missing_rx_stamp, 1);
+        assert_eq!(c.dropped(DropReason::TooShort), 1);
+        assert_eq!(c.dropped(DropReason::Oversize), 1);
+        assert_eq!(c.kernel_drops, 7);
+    }
+
+    #[test]
+    fn missing_stamps_are_not_counted_when_timestamping_is_off() {
+        let (mut w, shared) = worker(false);
+        let mut out = [0u8; 48];
+        let req = request();
+        w.handle(
+            Datagram {
+                payload: &req,
+                truncated: false,
+                rx_stamp: None,
+            },
+            &mut out,
+        );
+        w.end_batch();
+        assert_eq!(shared.load().missing_rx_stamp, 0);
+        assert_eq!(shared.load().replied, 1);
+    }
+}

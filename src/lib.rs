@@ -1,0 +1,32 @@
+//! fastntp: a public NTP server built for millions of requests per second
+//! with accurate timestamps.
+//!
+//! ```text
+//! upstreams ──► discipline ──publish──► snapshot (lock-free) ◄──read per batch── worker N (pinned core N)
+//!                                                                 │ recv batch + kernel RX stamps
+//!                                                                 ▼
+//!                                                proto::respond (pure) ─► send batch
+//! ```
+//!
+//! Dependencies point one way: binaries → [`server`] → [`io`] →
+//! [`snapshot`] → [`proto`].
+//!
+//! - [`proto`]: the sans-IO protocol core (time formats, packet codec, the
+//!   reply pipeline, [`proto::ServerState`]).
+//! - [`snapshot`]: the single-writer lock-free cell that publishes the state.
+//! - [`io`]: sockets, control messages, counters and the worker backends.
+//! - [`clock`]: reading the host clock (never steering it).
+//! - [`config`]: the TOML configuration.
+//! - [`reference`]: what the server publishes without upstreams (local
+//!   clock or unsynchronized).
+//! - [`server`]: wiring it all together for `fastntpd`.
+
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod config;
+pub mod io;
+pub mod proto;
+pub mod reference;
+pub mod server;
+pub mod snapshot;

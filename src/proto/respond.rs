@@ -1,0 +1,315 @@
+//! The reply pipeline: request bytes, their receive time and the published
+//! [`ServerState`] in; a 48-byte mode-4 reply or a drop verdict with its
+//! reason out. Checks run cheapest first (length → mode → framing), so junk
+//! costs almost nothing. Pure: the caller supplies every time, including a
+//! closure that reads the transmit time, called as late as possible.
+
+use super::packet::{validate_request, Header, Mode, PacketError, HEADER_LEN};
+use super::state::ServerState;
+use super::time::{NtpTimestamp, UnixTime};
+
+/// Why a datagram got no reply. Every reason is counted by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Shorter than the 48-byte header.
+    TooShort,
+    /// Not a multiple of 4 bytes long.
+    BadLength,
+    /// Version outside 1–4.
+    UnsupportedVersion,
+    /// Any mode other than 3 (client): never answered, so the server cannot
+    /// be used to amplify or to loop with another server.
+    NotClientMode,
+    /// Bytes after the header are neither extension fields nor a MAC.
+    MalformedExtension,
+    /// Larger than the receive buffer (the I/O layer reports it; `respond`
+    /// never sees such a datagram whole).
+    Oversize,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::TooShort,
+        DropReason::BadLength,
+        DropReason::UnsupportedVersion,
+        DropReason::NotClientMode,
+        DropReason::MalformedExtension,
+        DropReason::Oversize,
+    ];
+
+    /// Position in [`DropReason::ALL`], for counter arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A short snake_case name for logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::TooShort => "too_short",
+            DropReason::BadLength => "bad_length",
+            DropReason::UnsupportedVersion => "bad_version",
+            DropReason::NotClientMode => "not_client_mode",
+            DropReason::MalformedExtension => "malformed_extension",
+            DropReason::Oversize => "oversize",
+        }
+    }
+}
+
+impl From<PacketError> for DropReason {
+    fn from(e: PacketError) -> Self {
+        match e {
+            PacketError::TooShort => DropReason::TooShort,
+            PacketError::BadLength => DropReason::BadLength,
+            PacketError::UnsupportedVersion => DropReason::UnsupportedVersion,
+            PacketError::MalformedExtension => DropReason::MalformedExtension,
+        }
+    }
+}
+
+/// What to do with one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the [`HEADER_LEN`] bytes written into the reply buffer.
+    Reply,
+    /// Send nothing.
+    Drop(DropReason),
+}
+
+/// Answers one datagram.
+///
+/// - `request`: the whole datagram as received.
+/// - `received`: its kernel receive time (on the kernel clock; the state's
+///   correction is applied here).
+/// - `transmit_clock`: reads the kernel clock; called once, after everything
+///   else is ready, so the transmit timestamp is as late as possible.
+/// - `reply`: where the reply is written on [`Verdict::Reply`].
+///
+/// The reply is always 48 bytes, never longer than the request: extension
+/// fields and MACs are skipped, not echoed.
+pub fn respond(
+    request: &[u8],
+    received: UnixTime,
+    state: &ServerState,
+    transmit_clock: impl FnOnce() -> UnixTime,
+    reply: &mut [u8; HEADER_LEN],
+) -> Verdict {
+    let Some(&first) = request.first() else {
+        return Verdict::Drop(DropReason::TooShort);
+    };
+    if request.len() < HEADER_LEN {
+        return Verdict::Drop(DropReason::TooShort);
+    }
+    if Mode::from_bits(first) != Mode::Client {
+        return Verdict::Drop(DropReason::NotClientMode);
+    }
+    if let Err(e) = validate_request(request) {
+        return Verdict::Drop(e.into());
+    }
+    let req = match Header::parse(request) {
+        Ok(h) => h,
+        Err(e) => return Verdict::Drop(e.into()),
+    };
+
+    let correction = &state.correction;
+    let receive_ts = correction.apply(NtpTimestamp::from_unix(received));
+    let mut header = Header {
+        leap: state.leap,
+        version: req.version,
+        mode: Mode::Server.to_bits(),
+        stratum: state.stratum,
+        poll: req.poll,
+        precision: state.precision,
+        root_delay: state.root_delay,
+        root_dispersion: state.root_dispersion,
+        reference_id: state.reference_id,
+        reference_ts: state.reference_time,
+        origin_ts: req.transmit_ts,
+        receive_ts,
+        transmit_ts: receive_ts,
+    };
+    let transmit_ts = correction.apply(NtpTimestamp::from_unix(transmit_clock()));
+    // A reply never leaves before it arrived, even if the clock read and the
+    // kernel stamp disagree by a few nanoseconds.
+    if transmit_ts.diff_units(receive_ts) > 0 {
+        header.transmit_ts = transmit_ts;
+    }
+    header.root_dispersion = state.root_dispersion_at(header.transmit_ts);
+    header.write(reply);
+    Verdict::Reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::packet::{LeapIndicator, RefId};
+    use crate::proto::state::Correction;
+    use crate::proto::time::{secs_to_units, NtpShort};
+    use proptest::prelude::*;
+
+    const RX: UnixTime = UnixTime::new(1_800_000_000, 100_000_000);
+    const TX: UnixTime = UnixTime::new(1_800_000_000, 100_020_000);
+
+    fn request(version: u8, mode: u8) -> [u8; 48] {
+        let mut r = [0u8; 48];
+        r[0] = version << 3 | mode;
+        r[2] = 10; // poll
+        r[3] = 0xec; // precision -20: must not leak into the reply
+        r[40..48].copy_from_slice(&0x1122_3344_5566_7788u64.to_be_bytes());
+        r
+    }
+
+    fn synced_state() -> ServerState {
+        ServerState {
+            leap: LeapIndicator::NoWarning,
+            stratum: 2,
+            precision: -24,
+            reference_id: RefId::from_ipv4([192, 0, 2, 7].into()),
+            reference_time: NtpTimestamp::from_unix(UnixTime::new(1_799_999_000, 0)),
+            root_delay: NtpShort::from_secs_f64(0.010),
+            root_dispersion: NtpShort::from_secs_f64(0.001),
+            dispersion_base: NtpTimestamp::from_unix(UnixTime::new(1_799_999_000, 0)),
+            correction: Correction::NONE,
+        }
+    }
+
+    fn answer(req: &[u8], state: &ServerState) -> (Verdict, Header) {
+        let mut out = [0u8; 48];
+        let v = respond(req, RX, state, || TX, &mut out);
+        (v, Header::parse(&out).unwrap())
+    }
+
+    #[test]
+    fn v4_request_gets_a_complete_mode_4_reply() {
+        let state = synced_state();
+        let (v, h) = answer(&request(4, 3), &state);
+        assert_eq!(v, Verdict::Reply);
+        assert_eq!(h.leap, LeapIndicator::NoWarning);
+        assert_eq!(h.version, 4);
+        assert_eq!(h.mode(), Mode::Server);
+        assert_eq!(h.stratum, 2);
+        assert_eq!(h.poll, 10);
+        assert_eq!(h.precision, -24);
+        assert_eq!(h.root_delay, state.root_delay);
+        assert_eq!(h.reference_id, state.reference_id);
+        assert_eq!(h.reference_ts, state.reference_time);
+        assert_eq!(h.origin_ts.to_bits(), 0x1122_3344_5566_7788);
+        assert_eq!(h.receive_ts, NtpTimestamp::from_unix(RX));
+        assert_eq!(h.transmit_ts, NtpTimestamp::from_unix(TX));
+        // 1000 s since the dispersion base: 1 ms + 15 ms.
+        assert!((h.root_dispersion.as_secs_f64() - 0.016).abs() < 1e-4);
+    }
+
+    #[test]
+    fn reply_uses_the_request_version() {
+        for version in 1..=4 {
+            let (v, h) = answer(&request(version, 3), &synced_state());
+            assert_eq!(v, Verdict::Reply);
+            assert_eq!(h.version, version);
+        }
+    }
+
+    #[test]
+    fn unsynchronized_reply_is_li3_stratum0_init() {
+        let (v, h) = answer(&request(4, 3), &ServerState::unsynchronized(-24));
+        assert_eq!(v, Verdict::Reply);
+        assert_eq!(h.leap, LeapIndicator::Unsynchronized);
+        assert_eq!(h.stratum, 0);
+        assert_eq!(h.reference_id, RefId::INIT);
+    }
+
+    #[test]
+    fn only_client_mode_is_answered() {
+        for mode in [0, 1, 2, 4, 5, 6, 7] {
+            let mut out = [0u8; 48];
+            let v = respond(&request(4, mode), RX, &synced_state(), || TX, &mut out);
+            assert_eq!(v, Verdict::Drop(DropReason::NotClientMode), "mode {mode}");
+        }
+    }
+
+    #[test]
+    fn bad_framing_is_dropped_with_its_reason() {
+        let state = synced_state();
+        let mut out = [0u8; 48];
+        let mut drop = |bytes: &[u8]| match respond(bytes, RX, &state, || TX, &mut out) {
+            Verdict::Drop(r) => r,
+            Verdict::Reply => panic!("answered {bytes:?}"),
+        };
+        assert_eq!(drop(&[]), DropReason::TooShort);
+        assert_eq!(drop(&request(4, 3)[..47]), DropReason::TooShort);
+        assert_eq!(drop(&request(0, 3)), DropReason::UnsupportedVersion);
+        assert_eq!(drop(&request(5, 3)), DropReason::UnsupportedVersion);
+        let mut long = request(4, 3).to_vec();
+        long.resize(1000, 0);
+        assert_eq!(drop(&long), DropReason::MalformedExtension);
+        long.truncate(50);
+        assert_eq!(drop(&long), DropReason::BadLength);
+    }
+
+    #[test]
+    fn request_with_extension_fields_gets_a_plain_48_byte_reply() {
+        let mut req = request(4, 3).to_vec();
+        req.extend_from_slice(&[0x01, 0x04, 0x00, 0x24]);
+        req.resize(48 + 36, 0xab);
+        let (v, h) = answer(&req, &synced_state());
+        assert_eq!(v, Verdict::Reply);
+        assert_eq!(h.origin_ts.to_bits(), 0x1122_3344_5566_7788);
+    }
+
+    #[test]
+    fn transmit_never_precedes_receive() {
+        let mut out = [0u8; 48];
+        let early = UnixTime::new(RX.secs - 1, 0);
+        respond(&request(4, 3), RX, &synced_state(), || early, &mut out);
+        let h = Header::parse(&out).unwrap();
+        assert_eq!(h.transmit_ts, h.receive_ts);
+    }
+
+    #[test]
+    fn correction_shifts_receive_and_transmit() {
+        let mut state = synced_state();
+        state.correction = Correction {
+            base: NtpTimestamp::from_unix(RX),
+            offset: secs_to_units(2.5),
+            freq: 0.0,
+        };
+        let (_, h) = answer(&request(4, 3), &state);
+        assert!((h.receive_ts.diff_secs(NtpTimestamp::from_unix(RX)) - 2.5).abs() < 1e-9);
+        assert!((h.transmit_ts.diff_secs(NtpTimestamp::from_unix(TX)) - 2.5).abs() < 1e-9);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_grow(bytes in proptest::collection::vec(any::<u8>(), 0..1400)) {
+            let mut out = [0u8; 48];
+            let v = respond(&bytes, RX, &synced_state(), || TX, &mut out);
+            if v == Verdict::Reply {
+                prop_assert!(bytes.len() >= HEADER_LEN);
+                prop_assert_eq!(bytes[0] & 7, 3);
+            }
+        }
+
+        #[test]
+        fn any_valid_header_is_answered_with_its_transmit_as_origin(
+            mut header in proptest::array::uniform32(any::<u8>()),
+            tail in proptest::array::uniform16(any::<u8>()),
+            version in 1u8..=4,
+        ) {
+            header[0] = (header[0] & 0xc0) | version << 3 | 3;
+            let req = [header.as_slice(), tail.as_slice()].concat();
+            let (v, h) = answer(&req, &synced_state());
+            prop_assert_eq!(v, Verdict::Reply);
+            let origin = h.origin_ts.to_be_bytes();
+            prop_assert_eq!(origin.as_slice(), &req[40..48]);
+            prop_assert_eq!(h.version, version);
+        }
+
+        #[test]
+        fn parse_then_write_is_identity(bytes in proptest::array::uniform32(any::<u8>()), more in proptest::array::uniform16(any::<u8>())) {
+            let raw = [bytes.as_slice(), more.as_slice()].concat();
+            let mut out = [0u8; 48];
+            Header::parse(&raw).unwrap().write(&mut out);
+            prop_assert_eq!(out.as_slice(), raw.as_slice());
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Running `fastntpd`: bind every listen address once per worker, start one
+//! pinned thread per worker, publish the served state, log statistics, and
+//! stop cleanly when asked.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::clock;
+use crate::config::{Config, Timestamping, Workers};
+use crate::io::counters::{Counters, SharedCounters};
+use crate::io::socket::{self, ListenSocket, SocketError, SocketOptions};
+use crate::io::worker::Worker;
+use crate::io::{mmsg, select_backend, Backend, BackendError};
+use crate::proto::NtpTimestamp;
+use crate::reference::{LocalReference, REFRESH_INTERVAL};
+use crate::snapshot::{self, Publisher};
+
+/// How often the statistics line is logged.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// How long the kernel may take to switch receive timestamping on (the
+/// first datagrams after enabling it can come without a stamp).
+const TIMESTAMPING_SETTLE: Duration = Duration::from_millis(50);
+/// How often the supervising thread wakes up.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configured I/O backend cannot run.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A listen address could not be set up.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Every listen address was skipped.
+    #[error("none of the `[server] listen` addresses could be opened")]
+    NothingToListenOn,
+    /// A worker thread could not be created.
+    #[error("cannot start worker thread: {0}")]
+    Spawn(io::Error),
+    /// A worker stopped on an I/O error.
+    #[error("worker {id} failed: {source}")]
+    Worker {
+        /// Worker number.
+        id: usize,
+        /// The error.
+        source: io::Error,
+    },
+    /// A worker panicked (a bug).
+    #[error("worker {id} panicked")]
+    WorkerPanicked {
+        /// Worker number.
+        id: usize,
+    },
+}
+
+struct WorkerHandle {
+    id: usize,
+    core: Option<usize>,
+    counters: Arc<SharedCounters>,
+    thread: JoinHandle<io::Result<()>>,
+}
+
+/// A started server: workers running, state published.
+pub struct Server {
+    workers: Vec<WorkerHandle>,
+    publisher: Publisher,
+    reference: LocalReference,
+    listening: Vec<SocketAddr>,
+    backend: Backend,
+    stop: Arc<AtomicBool>,
+}
+
+fn worker_count(workers: Workers, cores: &[usize]) -> usize {
+    match workers {
+        Workers::Auto => cores.len().max(1),
+        Workers::Count(n) => n,
+    }
+}
+
+impl Server {
+    /// Binds the sockets and starts the workers. Workers run until `stop`
+    /// is set (by a signal handler, or by [`Server::run`] on a worker error).
+    pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Server, ServerError> {
+        let (backend, note) = select_backend(config.server.io)?;
+        if let Some(note) = note {
+            info!("{note}");
+        }
+        let cores = socket::usable_cores();
+        let count = worker_count(config.server.workers, &cores);
+        if !cores.is_empty() && count > cores.len() {
+            warn!(
+                "{count} workers on {} cores: some cores run two workers",
+                cores.len()
+            );
+        }
+        let timestamps = config.server.timestamping == Timestamping::Software;
+        let opts = SocketOptions { timestamps };
+
+        let mut per_worker: Vec<Vec<ListenSocket>> = (0..count).map(|_| Vec::new()).collect();
+        let mut listening = Vec::new();
+        for &addr in &config.server.listen {
+            let group = match socket::bind_group(addr, count, opts) {
+                Ok(group) => group,
+                Err(e @ SocketError::FamilyNotSupported { .. }) => {
+                    warn!("skipping {addr}: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            listening.push(group[0].local);
+            for (sockets, sock) in per_worker.iter_mut().zip(group) {
+                sockets.push(sock);
+            }
+        }
+        if listening.is_empty() {
+            return Err(ServerError::NothingToListenOn);
+        }
+        if timestamps {
+            std::thread::sleep(TIMESTAMPING_SETTLE);
+        }
+
+        let precision = clock::measure_precision();
+        let reference = LocalReference::new(config.clock.local_stratum, precision);
+        let (publisher, reader) =
+            snapshot::new(&reference.state(NtpTimestamp::from_unix(clock::now())));
+
+        let mut workers = Vec::with_capacity(count);
+        for (id, sockets) in per_worker.into_iter().enumerate() {
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let counters = Arc::new(SharedCounters::default());
+            let mut worker = Worker::new(
+                reader.clone(),
+                sockets.len(),
+                timestamps,
+                Arc::clone(&counters),
+            );
+            let stop = Arc::clone(&stop);
+            let thread = std::thread::Builder::new()
+                .name(format!("fastntp-w{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !socket::pin_current_thread(core) {
+                            warn!("worker {id}: cannot pin to core {core}; running unpinned");
+                        }
+                    }
+                    let result = match backend {
+                        Backend::Mmsg => mmsg::serve(&mut worker, &sockets, &stop),
+                    };
+                    if result.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    result
+                })
+                .map_err(ServerError::Spawn)?;
+            workers.push(WorkerHandle {
+                id,
+                core,
+                counters,
+                thread,
+            });
+        }
+        for addr in &listening {
+            info!(
+                "listening on {addr} ({count} workers, {} backend)",
+                backend.name()
+            );
+        }
+        info!(
+            "serving {}; clock precision 2^{precision} s",
+            match config.clock.local_stratum {
+                Some(s) => format!("the local clock at stratum {s}"),
+                None => "as unsynchronized (no local-stratum configured)".to_owned(),
+            }
+        );
+        Ok(Server {
+            workers,
+            publisher,
+            reference,
+            listening,
+            backend,
+            stop,
+        })
+    }
+
+    /// The bound addresses (with real ports where 0 was configured).
+    pub fn listening(&self) -> &[SocketAddr] {
+        &self.listening
+    }
+
+    /// The backend the workers run.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Each worker's counters, in worker order.
+    pub fn counters(&self) -> Vec<Counters> {
+        self.workers.iter().map(|w| w.counters.load()).collect()
+    }
+
+    fn total(&self) -> Counters {
+        let mut total = Counters::default();
+        for c in self.counters() {
+            total.add(&c);
+        }
+        total
+    }
+
+    /// Supervises until `stop` is set or a worker fails: keeps the published
+    /// state fresh and logs statistics every [`STATS_INTERVAL`]. Then stops
+    /// and joins every worker and logs the final counts.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        let mut next_refresh = Instant::now() + REFRESH_INTERVAL;
+        let mut next_stats = Instant::now() + STATS_INTERVAL;
+        let mut last = Counters::default();
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(TICK);
+            if self.workers.iter().any(|w| w.thread.is_finished()) {
+                break;
+            }
+            let now = Instant::now();
+            if self.reference.needs_refresh() && now >= next_refresh {
+                let state = self.reference.state(NtpTimestamp::from_unix(clock::now()));
+                self.publisher.publish(&state);
+                next_refresh = now + REFRESH_INTERVAL;
+            }
+            if now >= next_stats {
+                let total = self.total();
+                log_rates(&last, &total, STATS_INTERVAL);
+                last = total;
+                next_stats = now + STATS_INTERVAL;
+            }
+        }
+        self.shutdown()
+    }
+
+    /// Stops and joins the workers, logging each one's final counts.
+    fn shutdown(self) -> Result<(), ServerError> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first_error = None;
+        for w in self.workers {
+            let core = w
+                .core
+                .map_or("unpinned".to_owned(), |c| format!("core {c}"));
+            let outcome = w.thread.join();
+            info!("worker {} ({core}): {}", w.id, w.counters.load());
+            let error = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(source)) => Some(ServerError::Worker { id: w.id, source }),
+                Err(_) => Some(ServerError::WorkerPanicked { id: w.id }),
+            };
+            if first_error.is_none() {
+                first_error = error;
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                info!("stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn log_rates(last: &Counters, now: &Counters, over: Duration) {
+    let secs = over.as_secs_f64();
+    let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+    info!(
+        "{:.1} req/s, {:.1} replies/s, {:.1} drops/s; totals: {now}",
+        rate(now.received, last.received),
+        rate(now.replied, last.replied),
+        rate(now.dropped_total(), last.dropped_total()),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_workers_is_one_per_usable_core() {
+        assert_eq!(worker_count(Workers::Auto, &[0, 1, 2]), 3);
+        assert_eq!(worker_count(Workers::Auto, &[]), 1);
+        assert_eq!(worker_count(Workers::Count(5), &[0]), 5);
+    }
+}

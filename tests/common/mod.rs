@@ -1,0 +1,326 @@
+//! Shared helpers for the integration tests: start the real `fastntpd` on
+//! ephemeral loopback ports, talk NTP to it, stop it with SIGTERM and read
+//! its final per-worker counters from its log, and find external tools
+//! (skipping outside CI when they are missing, failing in CI).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// Whether we run under `.ci/run` (tools that tests need must be present).
+pub fn in_ci() -> bool {
+    std::env::var_os("FASTNTP_CI").is_some()
+}
+
+/// Path of an external tool, or `None` after printing why the test is
+/// skipped. In CI a missing tool fails the test.
+pub fn require_tool(name: &str) -> Option<String> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .chain(
+                ["/usr/sbin", "/sbin"]
+                    .iter()
+                    .map(|d| std::path::Path::new(d).join(name)),
+            )
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p.to_string_lossy().into_owned()),
+        None if in_ci() => panic!("{name} is required in CI (FASTNTP_CI is set) but not installed"),
+        None => {
+            eprintln!("SKIPPED: {name} is not installed (apt-get install chrony)");
+            None
+        }
+    }
+}
+
+/// A running `fastntpd` child.
+pub struct Fastntpd {
+    child: Child,
+    lines: Receiver<String>,
+    /// Everything it logged so far.
+    pub log: Vec<String>,
+    /// Its bound addresses, in config order.
+    pub addrs: Vec<SocketAddr>,
+    /// When it was spawned.
+    pub spawned: Instant,
+    _config: tempfile_path::TempFile,
+}
+
+mod tempfile_path {
+    /// A file removed on drop.
+    pub struct TempFile(pub std::path::PathBuf);
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn unique_path(stem: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "fastntp-test-{}-{}-{stem}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Writes `text` to a fresh temporary file.
+pub fn write_temp(stem: &str, text: &str) -> std::path::PathBuf {
+    let path = unique_path(stem);
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+pub fn fastntpd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fastntpd")
+}
+
+impl Fastntpd {
+    /// Starts `fastntpd --config` with `config` (TOML) and waits until it
+    /// logs that it serves.
+    pub fn start(config: &str) -> Fastntpd {
+        let path = write_temp("config.toml", config);
+        let spawned = Instant::now();
+        let mut child = Command::new(fastntpd_bin())
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fastntpd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Fastntpd {
+            child,
+            lines,
+            log: Vec::new(),
+            addrs: Vec::new(),
+            spawned,
+            _config: tempfile_path::TempFile(path),
+        };
+        d.wait_for("serving ", Duration::from_secs(10));
+        d.addrs = d
+            .log
+            .iter()
+            .filter_map(|l| l.split("listening on ").nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect();
+        assert!(!d.addrs.is_empty(), "no listening line in {:#?}", d.log);
+        d
+    }
+
+    /// Reads log lines until one contains `needle`; panics on timeout or
+    /// exit.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "fastntpd never logged {needle:?}; log so far: {:#?}",
+                    self.log
+                ),
+            }
+        }
+    }
+
+    /// The PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM, waits for a clean exit and returns the final counters
+    /// of each worker, parsed from the log.
+    pub fn stop(self) -> Vec<WorkerStats> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Like [`Fastntpd::stop`] with another signal.
+    pub fn stop_with(mut self, signal: i32) -> Vec<WorkerStats> {
+        send_signal(self.child.id(), signal);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fastntpd did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.log.push(line);
+        }
+        assert!(
+            status.success(),
+            "fastntpd exited with {status}; log: {:#?}",
+            self.log
+        );
+        let stats: Vec<WorkerStats> = self
+            .log
+            .iter()
+            .filter_map(|l| WorkerStats::parse(l))
+            .collect();
+        assert!(!stats.is_empty(), "no worker statistics in {:#?}", self.log);
+        assert!(
+            self.log.last().is_some_and(|l| l.ends_with("stopped")),
+            "{:#?}",
+            self.log
+        );
+        stats
+    }
+}
+
+impl Drop for Fastntpd {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends `signal` to `pid` (a process this test started).
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the PID is our
+    // own child's.
+    let rc = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+/// One worker's final counters, from the `worker N (core C): received …`
+/// log line.
+#[derive(Debug, Default, Clone)]
+pub struct WorkerStats {
+    pub id: usize,
+    pub core: Option<usize>,
+    pub received: u64,
+    pub replied: u64,
+    pub dropped: u64,
+    pub reasons: Vec<(String, u64)>,
+    pub missing_rx_stamps: u64,
+}
+
+impl WorkerStats {
+    fn parse(line: &str) -> Option<WorkerStats> {
+        let rest = line.split("worker ").nth(1)?;
+        let (id, rest) = rest.split_once(" (")?;
+        let (core, rest) = rest.split_once("): ")?;
+        let mut s = WorkerStats {
+            id: id.parse().ok()?,
+            core: core.strip_prefix("core ").and_then(|c| c.parse().ok()),
+            ..WorkerStats::default()
+        };
+        let number = |key: &str| -> Option<u64> {
+            rest.split(key)
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        s.received = number("received ")?;
+        s.replied = number("replied ")?;
+        s.dropped = number("dropped ")?;
+        s.missing_rx_stamps = number("missing rx stamps ")?;
+        if let Some(inner) = rest.split_once(" (").and_then(|(_, r)| r.split_once(')')) {
+            for pair in inner.0.split(", ") {
+                let (k, v) = pair.split_once('=')?;
+                s.reasons.push((k.to_owned(), v.parse().ok()?));
+            }
+        }
+        Some(s)
+    }
+
+    /// Drops counted for `reason` (0 if none).
+    pub fn dropped_for(&self, reason: &str) -> u64 {
+        self.reasons
+            .iter()
+            .filter(|(k, _)| k == reason)
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+/// Sums the statistics of all workers.
+pub fn total(stats: &[WorkerStats]) -> WorkerStats {
+    let mut t = WorkerStats::default();
+    for s in stats {
+        t.received += s.received;
+        t.replied += s.replied;
+        t.dropped += s.dropped;
+        t.missing_rx_stamps += s.missing_rx_stamps;
+        for (k, v) in &s.reasons {
+            match t.reasons.iter_mut().find(|(tk, _)| tk == k) {
+                Some((_, tv)) => *tv += v,
+                None => t.reasons.push((k.clone(), *v)),
+            }
+        }
+    }
+    t
+}
+
+/// A client socket bound to the loopback of `server`'s family.
+pub fn client_for(server: SocketAddr) -> UdpSocket {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    }
+    .parse()
+    .unwrap();
+    let s = UdpSocket::bind(bind).expect("bind client");
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    s
+}
+
+/// Sends `request` and returns the reply, if one comes within 300 ms.
+pub fn exchange(sock: &UdpSocket, server: SocketAddr, request: &[u8]) -> Option<Vec<u8>> {
+    sock.send_to(request, server).expect("send");
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => {
+            assert_eq!(from, server, "reply from the wrong address");
+            Some(buf[..n].to_vec())
+        }
+        Err(_) => None,
+    }
+}
+
+/// A client request: LI 0, `version`, mode 3, poll 6, the given transmit
+/// timestamp.
+pub fn client_request(version: u8, transmit: u64) -> [u8; 48] {
+    let mut r = [0u8; 48];
+    r[0] = version << 3 | 3;
+    r[2] = 6;
+    r[40..48].copy_from_slice(&transmit.to_be_bytes());
+    r
+}
