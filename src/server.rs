@@ -16,7 +16,7 @@ use crate::config::{Config, Timestamping, Workers};
 use crate::io::counters::{Counters, SharedCounters};
 use crate::io::socket::{self, ListenSocket, SocketError, SocketOptions};
 use crate::io::worker::Worker;
-use crate::io::{mmsg, select_backend, Backend, BackendError};
+use crate::io::{mmsg, select_backend, uring, Backend, BackendError};
 use crate::proto::NtpTimestamp;
 use crate::reference::{LocalReference, REFRESH_INTERVAL};
 use crate::snapshot::{self, Publisher};
@@ -90,7 +90,7 @@ impl Server {
     pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Server, ServerError> {
         let (backend, note) = select_backend(config.server.io)?;
         if let Some(note) = note {
-            info!("{note}");
+            warn!("{note}");
         }
         let cores = socket::usable_cores();
         let count = worker_count(config.server.workers, &cores);
@@ -151,6 +151,7 @@ impl Server {
                         }
                     }
                     let result = match backend {
+                        Backend::IoUring => uring::serve(&mut worker, &sockets, &stop),
                         Backend::Mmsg => mmsg::serve(&mut worker, &sockets, &stop),
                     };
                     if result.is_err() {

@@ -1,23 +1,67 @@
-//! The real `fastntpd` on ephemeral loopback ports (IPv4 and IPv6): every
-//! reply field checked against the wire contract of DESIGN.md, bad input
-//! dropped and counted by reason while valid requests keep being answered,
-//! and traffic spread over pinned workers.
+//! The real `fastntpd` on ephemeral loopback ports (IPv4 and IPv6), once
+//! per I/O backend (`mmsg` and `io-uring`, the same suite): every reply
+//! field checked against the wire contract of DESIGN.md, bad input dropped
+//! and counted by reason while valid requests keep being answered, and
+//! traffic spread over pinned workers.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{client_for, client_request, exchange, total, Fastntpd};
+use common::{client_for, client_request, exchange, total, Fastntpd, Io};
 use fastntp::proto::{Header, LeapIndicator, Mode, NtpTimestamp, RefId};
 
-const LOCAL_V4_V6: &str = r#"
-[server]
-listen = ["127.0.0.1:0", "[::1]:0"]
-workers = 1
-[clock]
-local-stratum = 10
-"#;
+/// Every test below runs once per backend.
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod mmsg {
+            $(#[test] fn $name() { super::$name(super::Io::Mmsg) })*
+        }
+        mod io_uring {
+            $(#[test] fn $name() {
+                if let Some(io) = super::Io::uring_or_skip() { super::$name(io) }
+            })*
+        }
+    };
+}
+
+for_each_backend!(
+    synchronized_replies_carry_every_field_on_ipv4_and_ipv6,
+    unsynchronized_replies_say_li3_stratum0_init,
+    first_reply_comes_within_a_second_of_start,
+    bad_input_is_dropped_counted_and_never_stops_service,
+    two_workers_share_the_traffic_each_on_its_own_core,
+    every_request_carries_a_kernel_receive_timestamp,
+);
+
+fn local_v4_v6(io: Io) -> String {
+    format!(
+        r#"
+        [server]
+        listen = ["127.0.0.1:0", "[::1]:0"]
+        workers = 1
+        io = "{io}"
+        [clock]
+        local-stratum = 10
+        "#
+    )
+}
+
+/// Starts the server and checks it runs the backend under test.
+fn start(io: Io, config: &str) -> Fastntpd {
+    let server = Fastntpd::start(config);
+    let backend = format!("{io} backend");
+    assert!(
+        server
+            .log
+            .iter()
+            .any(|l| l.contains("listening on") && l.contains(&backend)),
+        "not running the {io} backend: {:#?}",
+        server.log
+    );
+    server
+}
 
 fn now_ntp() -> NtpTimestamp {
     NtpTimestamp::from_unix(fastntp::clock::now())
@@ -64,9 +108,8 @@ fn ask(server: SocketAddr, version: u8) -> Header {
     h
 }
 
-#[test]
-fn synchronized_replies_carry_every_field_on_ipv4_and_ipv6() {
-    let server = Fastntpd::start(LOCAL_V4_V6);
+fn synchronized_replies_carry_every_field_on_ipv4_and_ipv6(io: Io) {
+    let server = start(io, &local_v4_v6(io));
     assert_eq!(server.addrs.len(), 2);
     assert!(server.addrs[0].is_ipv4() && server.addrs[1].is_ipv6());
     let mut precisions = Vec::new();
@@ -96,14 +139,17 @@ fn synchronized_replies_carry_every_field_on_ipv4_and_ipv6() {
     assert_eq!(stats.dropped, 0);
 }
 
-#[test]
-fn unsynchronized_replies_say_li3_stratum0_init() {
-    let server = Fastntpd::start(
-        r#"
-        [server]
-        listen = ["127.0.0.1:0", "[::1]:0"]
-        workers = 1
-        "#,
+fn unsynchronized_replies_say_li3_stratum0_init(io: Io) {
+    let server = start(
+        io,
+        &format!(
+            r#"
+            [server]
+            listen = ["127.0.0.1:0", "[::1]:0"]
+            workers = 1
+            io = "{io}"
+            "#
+        ),
     );
     for &addr in &server.addrs {
         for version in [4, 3] {
@@ -116,9 +162,8 @@ fn unsynchronized_replies_say_li3_stratum0_init() {
     server.stop();
 }
 
-#[test]
-fn first_reply_comes_within_a_second_of_start() {
-    let server = Fastntpd::start(LOCAL_V4_V6);
+fn first_reply_comes_within_a_second_of_start(io: Io) {
+    let server = start(io, &local_v4_v6(io));
     let sock = client_for(server.addrs[0]);
     let reply = exchange(&sock, server.addrs[0], &client_request(4, 1));
     let elapsed = server.spawned.elapsed();
@@ -192,9 +237,8 @@ fn bad_inputs() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     v
 }
 
-#[test]
-fn bad_input_is_dropped_counted_and_never_stops_service() {
-    let server = Fastntpd::start(LOCAL_V4_V6);
+fn bad_input_is_dropped_counted_and_never_stops_service(io: Io) {
+    let server = start(io, &local_v4_v6(io));
     let addr = server.addrs[0];
     let sock = client_for(addr);
     let inputs = bad_inputs();
@@ -240,21 +284,24 @@ fn bad_input_is_dropped_counted_and_never_stops_service() {
     }
 }
 
-#[test]
-fn two_workers_share_the_traffic_each_on_its_own_core() {
+fn two_workers_share_the_traffic_each_on_its_own_core(io: Io) {
     let cores = fastntp::io::socket::usable_cores();
     if cores.len() < 2 {
         eprintln!("SKIPPED: needs 2 usable cores, have {}", cores.len());
         return;
     }
-    let server = Fastntpd::start(
-        r#"
-        [server]
-        listen = ["127.0.0.1:0"]
-        workers = 2
-        [clock]
-        local-stratum = 10
-        "#,
+    let server = start(
+        io,
+        &format!(
+            r#"
+            [server]
+            listen = ["127.0.0.1:0"]
+            workers = 2
+            io = "{io}"
+            [clock]
+            local-stratum = 10
+            "#
+        ),
     );
     let addr = server.addrs[0];
 
@@ -299,9 +346,8 @@ fn two_workers_share_the_traffic_each_on_its_own_core() {
     }
 }
 
-#[test]
-fn every_request_carries_a_kernel_receive_timestamp() {
-    let server = Fastntpd::start(LOCAL_V4_V6);
+fn every_request_carries_a_kernel_receive_timestamp(io: Io) {
+    let server = start(io, &local_v4_v6(io));
     let addr = server.addrs[0];
     // Give the kernel's deferred timestamp enabling time, then expect
     // every request to carry a kernel stamp.

@@ -26,6 +26,9 @@ pub struct Counters {
     /// Datagrams the kernel dropped before we could read them (socket
     /// receive queue full, `SO_RXQ_OVFL`).
     pub kernel_drops: u64,
+    /// Times a multishot receive ended and was re-armed (io_uring only;
+    /// a steadily growing count means the buffer ring runs dry).
+    pub rearms: u64,
 }
 
 impl Counters {
@@ -49,6 +52,7 @@ impl Counters {
         self.missing_rx_stamp += other.missing_rx_stamp;
         self.send_errors += other.send_errors;
         self.kernel_drops += other.kernel_drops;
+        self.rearms += other.rearms;
     }
 }
 
@@ -76,8 +80,8 @@ impl std::fmt::Display for Counters {
         }
         write!(
             f,
-            ", missing rx stamps {}, send errors {}, kernel drops {}",
-            self.missing_rx_stamp, self.send_errors, self.kernel_drops
+            ", missing rx stamps {}, send errors {}, kernel drops {}, re-arms {}",
+            self.missing_rx_stamp, self.send_errors, self.kernel_drops, self.rearms
         )
     }
 }
@@ -93,6 +97,7 @@ pub struct SharedCounters {
     missing_rx_stamp: AtomicU64,
     send_errors: AtomicU64,
     kernel_drops: AtomicU64,
+    rearms: AtomicU64,
 }
 
 impl SharedCounters {
@@ -107,6 +112,7 @@ impl SharedCounters {
         self.missing_rx_stamp.store(c.missing_rx_stamp, r);
         self.send_errors.store(c.send_errors, r);
         self.kernel_drops.store(c.kernel_drops, r);
+        self.rearms.store(c.rearms, r);
     }
 
     /// The last published totals.
@@ -119,6 +125,7 @@ impl SharedCounters {
             missing_rx_stamp: self.missing_rx_stamp.load(r),
             send_errors: self.send_errors.load(r),
             kernel_drops: self.kernel_drops.load(r),
+            rearms: self.rearms.load(r),
         }
     }
 }
@@ -135,6 +142,7 @@ mod tests {
             missing_rx_stamp: 1,
             send_errors: 2,
             kernel_drops: 4,
+            rearms: 5,
             ..Counters::default()
         };
         c.dropped[DropReason::NotClientMode.index()] = 3;
@@ -151,7 +159,7 @@ mod tests {
         assert_eq!(
             c.to_string(),
             "received 10, replied 7, dropped 3 (not_client_mode=3), missing rx stamps 1, \
-             send errors 2, kernel drops 4"
+             send errors 2, kernel drops 4, re-arms 5"
         );
     }
 }

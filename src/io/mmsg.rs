@@ -166,12 +166,13 @@ impl MmsgBatch {
         s.msg_controllen = control_len as _;
     }
 
-    /// Sends the first `count` queued replies; returns how many failed.
-    /// A failure of one reply (e.g. a firewall refusing one destination)
-    /// skips just that reply; a full send buffer fails the rest.
-    fn send(&mut self, fd: i32, count: usize) -> u64 {
+    /// Sends the first `count` queued replies; returns how many failed and
+    /// the last error. A failure of one reply (e.g. a firewall refusing one
+    /// destination) skips just that reply; a full send buffer fails the rest.
+    fn send(&mut self, fd: i32, count: usize) -> (u64, i32) {
         let mut done = 0;
         let mut failed = 0;
+        let mut errno = 0;
         while done < count {
             // SAFETY: headers `done..count` were filled by `queue` and point
             // at buffers owned by `self` (names stay valid until the next
@@ -188,10 +189,10 @@ impl MmsgBatch {
                 done += rc as usize;
                 continue;
             }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+            errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            match errno {
+                libc::EINTR => continue,
+                libc::EAGAIN | libc::ENOBUFS | libc::ENOMEM => {
                     failed += (count - done) as u64;
                     break;
                 }
@@ -201,7 +202,7 @@ impl MmsgBatch {
                 }
             }
         }
-        failed
+        (failed, errno)
     }
 }
 
@@ -268,8 +269,8 @@ fn serve_batch(
         }
         worker.handle(dgram, reply)
     });
-    let failed = batch.send(sock.fd(), queued);
-    worker.note_send_failures(failed);
+    let (failed, errno) = batch.send(sock.fd(), queued);
+    worker.note_send_failures(failed, errno);
     worker.end_batch();
     Ok(n)
 }

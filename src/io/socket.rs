@@ -19,7 +19,8 @@ const SEND_BUFFER: usize = 1 << 20;
 /// A bound socket of one worker.
 #[derive(Debug)]
 pub struct ListenSocket {
-    /// The socket (non-blocking).
+    /// The socket (blocking: backends pass `MSG_DONTWAIT` where they must
+    /// not block; io_uring arms its own polling).
     pub socket: UdpSocket,
     /// The address it is bound to (with the real port when 0 was asked).
     pub local: SocketAddr,
@@ -123,7 +124,6 @@ fn bind_one(addr: SocketAddr, opts: SocketOptions) -> Result<ListenSocket, Socke
         socket.set_only_v6(true).map_err(step("IPV6_V6ONLY"))?;
     }
     socket.set_reuse_port(true).map_err(step("SO_REUSEPORT"))?;
-    socket.set_nonblocking(true).map_err(step("O_NONBLOCK"))?;
     set_buffer(&socket, libc::SO_RCVBUFFORCE, RECV_BUFFER).map_err(step("SO_RCVBUF"))?;
     set_buffer(&socket, libc::SO_SNDBUFFORCE, SEND_BUFFER).map_err(step("SO_SNDBUF"))?;
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1).map_err(step("SO_RXQ_OVFL"))?;

@@ -5,6 +5,9 @@
 //! move bytes.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
 
 use super::counters::{Counters, SharedCounters};
 use crate::clock;
@@ -21,7 +24,12 @@ pub struct Worker {
     /// Last `SO_RXQ_OVFL` total seen per socket (the kernel reports a
     /// running count per socket).
     rxq_dropped: Vec<u32>,
+    /// When a send failure was last logged.
+    last_send_warning: Option<Instant>,
 }
+
+/// Send failures are logged at most this often (they are always counted).
+const SEND_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// One received datagram, as a backend hands it over.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +60,7 @@ impl Worker {
             counters: Counters::default(),
             shared,
             rxq_dropped: vec![0; sockets],
+            last_send_warning: None,
         }
     }
 
@@ -100,11 +109,31 @@ impl Worker {
         }
     }
 
-    /// Replies that were built but could not be sent: they were counted as
-    /// replied, so move them to send errors.
-    pub fn note_send_failures(&mut self, failed: u64) {
+    /// Replies that were built but could not be sent (`errno` says why):
+    /// they were counted as replied, so move them to send errors. Logged at
+    /// most once a minute.
+    pub fn note_send_failures(&mut self, failed: u64, errno: i32) {
+        if failed == 0 {
+            return;
+        }
         self.counters.replied = self.counters.replied.saturating_sub(failed);
         self.counters.send_errors += failed;
+        let due = self
+            .last_send_warning
+            .is_none_or(|t| t.elapsed() >= SEND_WARNING_INTERVAL);
+        if due {
+            self.last_send_warning = Some(Instant::now());
+            let err = std::io::Error::from_raw_os_error(errno);
+            warn!(
+                "replies could not be sent ({err}); {} send errors so far (logged at most once a minute)",
+                self.counters.send_errors
+            );
+        }
+    }
+
+    /// A multishot receive ended and is being re-armed.
+    pub fn note_rearm(&mut self) {
+        self.counters.rearms += 1;
     }
 
     /// Ends a batch: publishes the counters.
@@ -168,7 +197,9 @@ mod tests {
         ));
         w.note_rxq_dropped(1, 5);
         w.note_rxq_dropped(1, 7);
-        w.note_send_failures(1);
+        w.note_send_failures(1, libc::EAGAIN);
+        w.note_send_failures(0, libc::EAGAIN);
+        w.note_rearm();
         w.end_batch();
         let c = shared.load();
         assert_eq!(c.received, 4);
@@ -178,6 +209,7 @@ mod tests {
         assert_eq!(c.dropped(DropReason::TooShort), 1);
         assert_eq!(c.dropped(DropReason::Oversize), 1);
         assert_eq!(c.kernel_drops, 7);
+        assert_eq!(c.rearms, 1);
     }
 
     #[test]

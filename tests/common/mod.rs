@@ -38,6 +38,95 @@ pub fn require_tool(name: &str) -> Option<String> {
     }
 }
 
+/// The I/O backends the integration suite runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// recvmmsg/sendmmsg.
+    Mmsg,
+    /// io_uring.
+    IoUring,
+}
+
+impl std::fmt::Display for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Io::Mmsg => "mmsg",
+            Io::IoUring => "io-uring",
+        })
+    }
+}
+
+impl Io {
+    /// `Some(Io::IoUring)` if this kernel runs the io_uring backend; else
+    /// prints why the test is skipped (and fails in CI, where it must run).
+    pub fn uring_or_skip() -> Option<Io> {
+        match fastntp::io::uring::probe() {
+            Ok(()) => Some(Io::IoUring),
+            Err(e) if in_ci() => panic!("io_uring must work in CI: {e}"),
+            Err(e) => {
+                eprintln!("SKIPPED: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Makes `cmd`'s process fail `io_uring_setup` with EPERM, as a container
+/// seccomp profile that refuses io_uring does.
+pub fn deny_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let filter = [
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // if A == io_uring_setup, fall through to EPERM, else skip it
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: RET_ALLOW,
+        },
+    ];
+    // SAFETY: the closure runs between fork and exec and only makes two
+    // prctl system calls (async-signal-safe) on data owned by the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const _,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running `fastntpd` child.
 pub struct Fastntpd {
     child: Child,
@@ -86,9 +175,16 @@ impl Fastntpd {
     /// Starts `fastntpd --config` with `config` (TOML) and waits until it
     /// logs that it serves.
     pub fn start(config: &str) -> Fastntpd {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Like [`Fastntpd::start`], letting `setup` adjust the command first.
+    pub fn start_with(config: &str, setup: impl FnOnce(&mut Command)) -> Fastntpd {
         let path = write_temp("config.toml", config);
+        let mut cmd = Command::new(fastntpd_bin());
+        setup(&mut cmd);
         let spawned = Instant::now();
-        let mut child = Command::new(fastntpd_bin())
+        let mut child = cmd
             .arg("--config")
             .arg(&path)
             .stdin(Stdio::null())

@@ -1,0 +1,472 @@
+//! The io_uring backend: one ring per worker (single issuer, deferred task
+//! running), one multishot `RecvMsg` per listen socket drawing from a
+//! registered provided-buffer ring, and replies queued as `SendMsg` entries
+//! that go out with the next `io_uring_enter`, which also waits for the
+//! next completions. At steady load that is one system call per batch.
+//!
+//! - Receive: each completion names a buffer holding the kernel's
+//!   `io_uring_recvmsg_out` header, the peer address, control messages
+//!   (receive timestamp, packet info) and the payload. The reply is built
+//!   from it and the buffer goes straight back to the ring.
+//! - A multishot receive ends when the buffer ring runs dry (`ENOBUFS`) or
+//!   on any other error; it is re-armed after the batch and counted.
+//! - Send slots (message header, reply, peer address, packet info) are
+//!   owned until their completion arrives; failures are counted.
+//!
+//! [`probe`] checks that all of this works on the running kernel (container
+//! seccomp profiles often refuse io_uring) before a worker relies on it.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+
+use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+use super::cmsg::{self, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use super::socket::ListenSocket;
+use super::worker::{Datagram, Worker};
+use crate::proto::HEADER_LEN;
+
+/// Provided receive buffers per worker (a power of two). Buffers go back to
+/// the ring within the batch that used them, so this bounds one batch.
+const RECV_BUFFERS: u16 = 2048;
+/// Peer address space in each receive buffer: a `sockaddr_in6`.
+const NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_in6>();
+/// Largest datagram read whole (as in the mmsg backend).
+const PAYLOAD_LEN: usize = super::mmsg::RECV_SLOT;
+/// One receive buffer: recvmsg_out header, name, control, payload.
+const RECV_BUF_LEN: usize = 16 + NAME_LEN + RECV_CONTROL_LEN + PAYLOAD_LEN;
+/// Replies that may be in flight at once.
+const SEND_SLOTS: usize = RECV_BUFFERS as usize;
+const SQ_ENTRIES: u32 = 1024;
+const CQ_ENTRIES: u32 = 8192;
+/// Completions to wait for before returning early…
+const WAIT_BATCH: usize = 32;
+/// …unless this long has passed since the first one (kernels ≥ 6.12;
+/// older ones return on the first completion).
+const MIN_WAIT_USEC: u32 = 20;
+/// Longest wait before re-checking the stop flag.
+const IDLE_WAIT_NSEC: u32 = 100_000_000;
+const BUFFER_GROUP: u16 = 0;
+
+/// `user_data` tags: the kind in the top bits, an index below.
+const TAG_RECV: u64 = 1 << 32;
+const TAG_SEND: u64 = 2 << 32;
+const INDEX_MASK: u64 = 0xFFFF_FFFF;
+
+/// Why the io_uring backend cannot run here.
+#[derive(Debug, thiserror::Error)]
+#[error("io_uring is not usable here: {0}")]
+pub struct Unavailable(pub String);
+
+fn new_ring(entries: u32, cq_entries: u32) -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .setup_cqsize(cq_entries)
+        .build(entries)
+}
+
+/// The page-aligned ring of provided-buffer descriptors plus the buffers it
+/// hands out. Owned by one worker thread.
+struct BufRing {
+    entries: *mut BufRingEntry,
+    layout: Layout,
+    slab: Box<[u8]>,
+    count: u16,
+    /// Local producer position, published to the kernel by [`Self::publish`].
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(count: u16) -> io::Result<Self> {
+        let layout =
+            Layout::from_size_align(count as usize * std::mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the layout has a non-zero size (count > 0).
+        let entries = unsafe { alloc_zeroed(layout) }.cast::<BufRingEntry>();
+        if entries.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut ring = BufRing {
+            entries,
+            layout,
+            slab: vec![0u8; count as usize * RECV_BUF_LEN].into_boxed_slice(),
+            count,
+            tail: 0,
+        };
+        for bid in 0..count {
+            ring.give(bid);
+        }
+        ring.publish();
+        Ok(ring)
+    }
+
+    /// Registers the ring with `uring` as [`BUFFER_GROUP`].
+    fn register(&self, uring: &IoUring) -> io::Result<()> {
+        // SAFETY: the descriptor array and the slab live as long as `self`,
+        // and `self` is dropped only after the ring (see `UringWorker`).
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(
+                self.entries as u64,
+                self.count,
+                BUFFER_GROUP,
+                0,
+            )
+        }
+    }
+
+    /// Hands buffer `bid` (back) to the kernel; visible after `publish`.
+    fn give(&mut self, bid: u16) {
+        let slot = (self.tail & (self.count - 1)) as usize;
+        let addr = self.slab[bid as usize * RECV_BUF_LEN..].as_ptr() as u64;
+        // SAFETY: slot < count, inside the allocation; only this thread
+        // writes entries, and the kernel reads an entry only once the tail
+        // published by `publish` covers it.
+        let entry = unsafe { &mut *self.entries.add(slot) };
+        entry.set_addr(addr);
+        entry.set_len(RECV_BUF_LEN as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes every buffer given so far visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: `entries` points at the initialised first entry of the
+        // ring; the tail field overlays its reserved word and is shared with
+        // the kernel, so it is accessed atomically with release ordering
+        // (entries written before, tail after).
+        let tail = unsafe { &*BufRingEntry::tail(self.entries).cast::<AtomicU16>() };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// The first `len` bytes of buffer `bid`.
+    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        let start = (bid as usize % self.count as usize) * RECV_BUF_LEN;
+        &self.slab[start..start + len.min(RECV_BUF_LEN)]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the kernel no longer
+        // uses it because the ring was dropped first.
+        unsafe { dealloc(self.entries.cast(), self.layout) }
+    }
+}
+
+#[repr(C, align(8))]
+struct SendControl([u8; SEND_CONTROL_LEN]);
+
+/// Reply slots: header, payload, destination and packet info of each reply
+/// in flight. Headers point into the boxed arrays, which never move.
+struct SendSlots {
+    hdr: Box<[libc::msghdr]>,
+    iov: Box<[libc::iovec]>,
+    reply: Box<[[u8; HEADER_LEN]]>,
+    name: Box<[[u8; NAME_LEN]]>,
+    control: Box<[SendControl]>,
+    free: Vec<u32>,
+}
+
+fn zeroed_slice<T>(n: usize) -> Box<[T]> {
+    // SAFETY: only used for C structs (msghdr, iovec) for which all-zero
+    // bytes are a valid value.
+    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
+}
+
+impl SendSlots {
+    fn new(n: usize) -> Self {
+        let mut s = SendSlots {
+            hdr: zeroed_slice(n),
+            iov: zeroed_slice(n),
+            reply: vec![[0u8; HEADER_LEN]; n].into_boxed_slice(),
+            name: vec![[0u8; NAME_LEN]; n].into_boxed_slice(),
+            control: (0..n).map(|_| SendControl([0; SEND_CONTROL_LEN])).collect(),
+            free: (0..n as u32).rev().collect(),
+        };
+        for i in 0..n {
+            s.iov[i] = libc::iovec {
+                iov_base: s.reply[i].as_mut_ptr().cast(),
+                iov_len: HEADER_LEN,
+            };
+            s.hdr[i].msg_iov = &mut s.iov[i];
+            s.hdr[i].msg_iovlen = 1;
+            s.hdr[i].msg_name = s.name[i].as_mut_ptr().cast();
+        }
+        s
+    }
+}
+
+/// A receive template per socket: only its name and control lengths matter
+/// to the kernel (they lay out each buffer).
+fn recv_template() -> libc::msghdr {
+    // SAFETY: all-zero is a valid msghdr.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_namelen = NAME_LEN as u32;
+    m.msg_controllen = RECV_CONTROL_LEN as _;
+    m
+}
+
+/// Everything one worker's ring needs. Field order matters: the ring is
+/// dropped first, so the kernel stops using the buffers, templates and
+/// slots before they are freed.
+struct UringWorker<'a> {
+    ring: IoUring,
+    buffers: BufRing,
+    templates: Box<[libc::msghdr]>,
+    slots: SendSlots,
+    sockets: &'a [ListenSocket],
+    rearm: Vec<bool>,
+    can_min_wait: bool,
+    /// Completions copied out of the ring (capacity = CQ size, so no
+    /// allocation after start): user data, result, flags.
+    cqes: Vec<(u64, i32, u32)>,
+}
+
+/// Pushes an entry, submitting first if the queue is full.
+fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
+    loop {
+        // SAFETY: every entry built in this module points at memory owned by
+        // the `UringWorker` (receive templates, send slots) that outlives its
+        // operation: templates live as long as the ring; a send slot returns
+        // to the free list only on its completion.
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        ring.submit()?;
+    }
+}
+
+impl<'a> UringWorker<'a> {
+    fn new(sockets: &'a [ListenSocket]) -> io::Result<Self> {
+        let ring = new_ring(SQ_ENTRIES, CQ_ENTRIES)?;
+        let buffers = BufRing::new(RECV_BUFFERS)?;
+        buffers.register(&ring)?;
+        let can_min_wait = ring.params().is_feature_min_timeout();
+        Ok(UringWorker {
+            ring,
+            buffers,
+            templates: sockets.iter().map(|_| recv_template()).collect(),
+            slots: SendSlots::new(SEND_SLOTS),
+            sockets,
+            rearm: vec![true; sockets.len()],
+            can_min_wait,
+            cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+        })
+    }
+
+    /// Arms a multishot receive on every socket that needs one.
+    fn arm_receives(&mut self, worker: &mut Worker, first: bool) -> io::Result<()> {
+        for i in 0..self.sockets.len() {
+            if !self.rearm[i] {
+                continue;
+            }
+            self.rearm[i] = false;
+            if !first {
+                worker.note_rearm();
+            }
+            let entry = opcode::RecvMsgMulti::new(
+                Fd(self.sockets[i].fd()),
+                &self.templates[i],
+                BUFFER_GROUP,
+            )
+            .build()
+            .user_data(TAG_RECV | i as u64);
+            push(&mut self.ring, &entry)?;
+        }
+        Ok(())
+    }
+
+    /// Submits queued replies and waits for completions (or the idle
+    /// timeout).
+    fn submit_and_wait(&mut self) -> io::Result<()> {
+        let timeout = Timespec::new().nsec(IDLE_WAIT_NSEC);
+        let args = SubmitArgs::new().timespec(&timeout);
+        let (want, args) = if self.can_min_wait {
+            (WAIT_BATCH, args.min_wait_usec(MIN_WAIT_USEC))
+        } else {
+            (1, args)
+        };
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Handles every completion available.
+    fn drain(&mut self, worker: &mut Worker) -> io::Result<()> {
+        worker.begin_batch();
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(user_data, result, flags) in &cqes {
+            let index = (user_data & INDEX_MASK) as usize;
+            match user_data & !INDEX_MASK {
+                TAG_RECV => self.on_receive(worker, index, result, flags)?,
+                TAG_SEND => {
+                    if result < 0 {
+                        worker.note_send_failures(1, -result);
+                    }
+                    self.slots.free.push(index as u32);
+                }
+                _ => {}
+            }
+        }
+        self.cqes = cqes;
+        self.buffers.publish();
+        worker.end_batch();
+        Ok(())
+    }
+
+    fn on_receive(
+        &mut self,
+        worker: &mut Worker,
+        sock: usize,
+        result: i32,
+        flags: u32,
+    ) -> io::Result<()> {
+        if !cqueue::more(flags) {
+            self.rearm[sock] = true;
+        }
+        if result < 0 {
+            return match -result {
+                // Buffer ring ran dry, or a transient condition: re-armed
+                // after this batch, once the buffers are back.
+                libc::ENOBUFS | libc::EINTR | libc::EAGAIN | libc::ENOMEM | libc::ECANCELED => {
+                    Ok(())
+                }
+                errno => Err(io::Error::from_raw_os_error(errno)),
+            };
+        }
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return Ok(());
+        };
+        let buffer = self.buffers.buffer(bid, result as usize);
+        if let Ok(msg) = RecvMsgOut::parse(buffer, &self.templates[sock]) {
+            let info = cmsg::parse(msg.control_data());
+            if let Some(total) = info.rxq_dropped {
+                worker.note_rxq_dropped(sock, total);
+            }
+            let dgram = Datagram {
+                payload: msg.payload_data(),
+                truncated: msg.is_payload_truncated(),
+                rx_stamp: info.rx_stamp,
+            };
+            match self.slots.free.pop() {
+                Some(slot) => {
+                    let s = slot as usize;
+                    if worker.handle(dgram, &mut self.slots.reply[s]) {
+                        let name = msg.name_data();
+                        let n = name.len().min(NAME_LEN);
+                        self.slots.name[s][..n].copy_from_slice(&name[..n]);
+                        let source = if self.sockets[sock].wildcard {
+                            info.local
+                        } else {
+                            None
+                        };
+                        let control = &mut self.slots.control[s].0;
+                        let (control_ptr, control_len) = match source {
+                            Some(local) => {
+                                (control.as_mut_ptr(), cmsg::write_source(control, &local))
+                            }
+                            None => (std::ptr::null_mut(), 0),
+                        };
+                        let hdr = &mut self.slots.hdr[s];
+                        hdr.msg_namelen = n as u32;
+                        hdr.msg_control = control_ptr.cast();
+                        hdr.msg_controllen = control_len as _;
+                        let entry = opcode::SendMsg::new(Fd(self.sockets[sock].fd()), hdr)
+                            .flags(libc::MSG_DONTWAIT as u32)
+                            .build()
+                            .user_data(TAG_SEND | slot as u64);
+                        push(&mut self.ring, &entry)?;
+                    } else {
+                        self.slots.free.push(slot);
+                    }
+                }
+                None => {
+                    // Every slot in flight: answer into scratch and count
+                    // the reply as unsendable.
+                    let mut scratch = [0u8; HEADER_LEN];
+                    if worker.handle(dgram, &mut scratch) {
+                        worker.note_send_failures(1, libc::ENOBUFS);
+                    }
+                }
+            }
+        }
+        self.buffers.give(bid);
+        Ok(())
+    }
+}
+
+/// Serves `sockets` from one io_uring until `stop` is set.
+pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -> io::Result<()> {
+    let mut uw = UringWorker::new(sockets)?;
+    uw.arm_receives(worker, true)?;
+    while !stop.load(Ordering::Relaxed) {
+        uw.submit_and_wait()?;
+        uw.drain(worker)?;
+        uw.arm_receives(worker, false)?;
+    }
+    Ok(())
+}
+
+/// Checks that this kernel (and any seccomp policy around us) lets a worker
+/// do everything [`serve`] does: set up a single-issuer deferred-taskrun
+/// ring, register a provided-buffer ring, and receive a datagram through a
+/// multishot `RecvMsg` on a UDP socket. Takes about a millisecond.
+pub fn probe() -> Result<(), Unavailable> {
+    let fail = |what: &str, e: io::Error| Unavailable(format!("{what}: {e}"));
+    // Declared before the ring, so dropped after it.
+    let template = recv_template();
+    let buffers = BufRing::new(2).map_err(|e| fail("buffer ring", e))?;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| fail("probe socket", e))?;
+    let addr = sock.local_addr().map_err(|e| fail("probe socket", e))?;
+    let mut ring = new_ring(8, 16).map_err(|e| fail("ring setup refused", e))?;
+    buffers.register(&ring).map_err(|e| {
+        fail(
+            "provided-buffer ring registration refused (kernel < 5.19?)",
+            e,
+        )
+    })?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    let entry = opcode::RecvMsgMulti::new(Fd(fd), &template, BUFFER_GROUP)
+        .build()
+        .user_data(TAG_RECV);
+    // SAFETY: `template`, `buffers` and `sock` are declared before `ring`
+    // and so outlive every operation on it.
+    unsafe { ring.submission().push(&entry) }
+        .map_err(|_| Unavailable("submission queue full".into()))?;
+    ring.submit().map_err(|e| fail("submit", e))?;
+    sock.send_to(b"probe", addr)
+        .map_err(|e| fail("probe send", e))?;
+    let timeout = Timespec::new().nsec(200_000_000);
+    let args = SubmitArgs::new().timespec(&timeout);
+    let waited = ring.submitter().submit_with_args(1, &args);
+    let cqe = ring.completion().next();
+    match (waited, cqe) {
+        (_, Some(cqe)) if cqe.result() > 0 && cqueue::more(cqe.flags()) => Ok(()),
+        (_, Some(cqe)) if cqe.result() < 0 => Err(fail(
+            "multishot recvmsg (kernel < 6.0?)",
+            io::Error::from_raw_os_error(-cqe.result()),
+        )),
+        (_, Some(_)) => Err(Unavailable("multishot recvmsg ended at once".into())),
+        (Err(e), None) => Err(fail("waiting for the probe datagram", e)),
+        (Ok(_), None) => Err(Unavailable("no completion for the probe datagram".into())),
+    }
+}
