@@ -31,6 +31,7 @@ fn state(freq: f64) -> ServerState {
             base: now,
             offset: 1 << 20,
             freq,
+            ..Correction::NONE
         },
     }
 }

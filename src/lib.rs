@@ -8,8 +8,8 @@
 //!                                                proto::respond (pure) ─► send batch
 //! ```
 //!
-//! Dependencies point one way: binaries → [`server`] → [`io`] →
-//! [`snapshot`] → [`proto`].
+//! Dependencies point one way: binaries → [`server`] → [`io`] /
+//! [`discipline`] → [`snapshot`] → [`proto`].
 //!
 //! - [`proto`]: the sans-IO protocol core (time formats, packet codec, the
 //!   reply pipeline, [`proto::ServerState`]).
@@ -17,16 +17,16 @@
 //! - [`io`]: sockets, control messages, counters and the worker backends.
 //! - [`clock`]: reading the host clock (never steering it).
 //! - [`config`]: the TOML configuration.
-//! - [`reference`]: what the server publishes without upstreams (local
-//!   clock or unsynchronized).
+//! - [`discipline`]: the thread that syncs to upstreams, steers the served
+//!   clock and is the only writer of the snapshot.
 //! - [`server`]: wiring it all together for `fastntpd`.
 
 #![warn(missing_docs)]
 
 pub mod clock;
 pub mod config;
+pub mod discipline;
 pub mod io;
 pub mod proto;
-pub mod reference;
 pub mod server;
 pub mod snapshot;

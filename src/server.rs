@@ -1,6 +1,6 @@
 //! Running `fastntpd`: bind every listen address once per worker, start one
-//! pinned thread per worker, publish the served state, log statistics, and
-//! stop cleanly when asked.
+//! pinned thread per worker and the discipline thread (the only writer of
+//! the served state), log statistics, and stop cleanly when asked.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,13 +13,13 @@ use tracing::{info, warn};
 
 use crate::clock;
 use crate::config::{Config, Timestamping, Workers};
+use crate::discipline::status::StatusHandle;
+use crate::discipline::{self, Discipline, DisciplineError};
 use crate::io::counters::{Counters, SharedCounters};
 use crate::io::socket::{self, ListenSocket, SocketError, SocketOptions};
 use crate::io::worker::Worker;
 use crate::io::{mmsg, select_backend, uring, Backend, BackendError};
-use crate::proto::NtpTimestamp;
-use crate::reference::{LocalReference, REFRESH_INTERVAL};
-use crate::snapshot::{self, Publisher};
+use crate::snapshot;
 
 /// How often the statistics line is logged.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(60);
@@ -58,20 +58,46 @@ pub enum ServerError {
         /// Worker number.
         id: usize,
     },
+    /// The discipline could not start.
+    #[error(transparent)]
+    Discipline(#[from] DisciplineError),
+    /// The discipline thread ended on its own (a bug): the served state
+    /// would go stale, so the server stops.
+    #[error("the discipline thread stopped unexpectedly")]
+    DisciplineStopped,
 }
 
 struct WorkerHandle {
     id: usize,
     core: Option<usize>,
     counters: Arc<SharedCounters>,
+    /// Duplicates of the worker's sockets, to read their kernel drop counts.
+    sockets: Vec<std::net::UdpSocket>,
     thread: JoinHandle<io::Result<()>>,
+}
+
+impl WorkerHandle {
+    /// The worker's counters plus the kernel's drops on its sockets.
+    fn counters(&self) -> Counters {
+        worker_counters(&self.counters, &self.sockets)
+    }
+}
+
+/// A worker's published counters plus the kernel's drops on its sockets.
+fn worker_counters(shared: &SharedCounters, sockets: &[std::net::UdpSocket]) -> Counters {
+    let mut c = shared.load();
+    c.kernel_drops = sockets
+        .iter()
+        .filter_map(|s| socket::kernel_drops(s).ok())
+        .map(u64::from)
+        .sum();
+    c
 }
 
 /// A started server: workers running, state published.
 pub struct Server {
     workers: Vec<WorkerHandle>,
-    publisher: Publisher,
-    reference: LocalReference,
+    discipline: Discipline,
     listening: Vec<SocketAddr>,
     backend: Backend,
     stop: Arc<AtomicBool>,
@@ -127,20 +153,19 @@ impl Server {
         }
 
         let precision = clock::measure_precision();
-        let reference = LocalReference::new(config.clock.local_stratum, precision);
-        let (publisher, reader) =
-            snapshot::new(&reference.state(NtpTimestamp::from_unix(clock::now())));
+        let prepared = discipline::prepare(config, precision)?;
+        let (publisher, reader) = snapshot::new(&prepared.initial_state());
 
         let mut workers = Vec::with_capacity(count);
         for (id, sockets) in per_worker.into_iter().enumerate() {
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let counters = Arc::new(SharedCounters::default());
-            let mut worker = Worker::new(
-                reader.clone(),
-                sockets.len(),
-                timestamps,
-                Arc::clone(&counters),
-            );
+            let mut worker = Worker::new(reader.clone(), timestamps, Arc::clone(&counters));
+            let duplicates = sockets
+                .iter()
+                .map(|s| s.socket.try_clone())
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(ServerError::Spawn)?;
             let stop = Arc::clone(&stop);
             let thread = std::thread::Builder::new()
                 .name(format!("fastntp-w{id}"))
@@ -164,6 +189,7 @@ impl Server {
                 id,
                 core,
                 counters,
+                sockets: duplicates,
                 thread,
             });
         }
@@ -173,17 +199,23 @@ impl Server {
                 backend.name()
             );
         }
-        info!(
-            "serving {}; clock precision 2^{precision} s",
-            match config.clock.local_stratum {
-                Some(s) => format!("the local clock at stratum {s}"),
-                None => "as unsynchronized (no local-stratum configured)".to_owned(),
-            }
-        );
+        let discipline = prepared.spawn(publisher, Arc::clone(&stop))?;
+        let fallback = match config.clock.local_stratum {
+            Some(s) => format!("the local clock at stratum {s}"),
+            None => "unsynchronized".to_owned(),
+        };
+        match config.upstreams.len() {
+            0 => info!("serving {fallback} (no upstreams); clock precision 2^{precision} s"),
+            n => info!(
+                "serving with {} discipline from {n} upstream entr{} (fallback: {fallback}); \
+                 clock precision 2^{precision} s",
+                config.clock.discipline.name(),
+                if n == 1 { "y" } else { "ies" },
+            ),
+        }
         Ok(Server {
             workers,
-            publisher,
-            reference,
+            discipline,
             listening,
             backend,
             stop,
@@ -200,9 +232,15 @@ impl Server {
         self.backend
     }
 
+    /// The synchronization status (sources and system), for the control
+    /// interface.
+    pub fn status(&self) -> StatusHandle {
+        self.discipline.status()
+    }
+
     /// Each worker's counters, in worker order.
     pub fn counters(&self) -> Vec<Counters> {
-        self.workers.iter().map(|w| w.counters.load()).collect()
+        self.workers.iter().map(WorkerHandle::counters).collect()
     }
 
     fn total(&self) -> Counters {
@@ -213,24 +251,23 @@ impl Server {
         total
     }
 
-    /// Supervises until `stop` is set or a worker fails: keeps the published
-    /// state fresh and logs statistics every [`STATS_INTERVAL`]. Then stops
-    /// and joins every worker and logs the final counts.
-    pub fn run(mut self) -> Result<(), ServerError> {
-        let mut next_refresh = Instant::now() + REFRESH_INTERVAL;
+    /// Supervises until `stop` is set or a worker or the discipline thread
+    /// fails, logging statistics every [`STATS_INTERVAL`]. Then stops and
+    /// joins every thread and logs the final counts.
+    pub fn run(self) -> Result<(), ServerError> {
         let mut next_stats = Instant::now() + STATS_INTERVAL;
         let mut last = Counters::default();
+        let mut discipline_failed = false;
         while !self.stop.load(Ordering::Relaxed) {
             std::thread::sleep(TICK);
             if self.workers.iter().any(|w| w.thread.is_finished()) {
                 break;
             }
-            let now = Instant::now();
-            if self.reference.needs_refresh() && now >= next_refresh {
-                let state = self.reference.state(NtpTimestamp::from_unix(clock::now()));
-                self.publisher.publish(&state);
-                next_refresh = now + REFRESH_INTERVAL;
+            if self.discipline.is_finished() && !self.stop.load(Ordering::Relaxed) {
+                discipline_failed = true;
+                break;
             }
+            let now = Instant::now();
             if now >= next_stats {
                 let total = self.total();
                 log_rates(&last, &total, STATS_INTERVAL);
@@ -238,19 +275,26 @@ impl Server {
                 next_stats = now + STATS_INTERVAL;
             }
         }
-        self.shutdown()
+        self.shutdown(discipline_failed)
     }
 
-    /// Stops and joins the workers, logging each one's final counts.
-    fn shutdown(self) -> Result<(), ServerError> {
+    /// Stops and joins the workers, logging each one's final counts, and
+    /// the discipline thread.
+    fn shutdown(self, discipline_failed: bool) -> Result<(), ServerError> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut first_error = None;
+        let discipline_ok = self.discipline.join();
+        let mut first_error =
+            (discipline_failed || !discipline_ok).then_some(ServerError::DisciplineStopped);
         for w in self.workers {
             let core = w
                 .core
                 .map_or("unpinned".to_owned(), |c| format!("core {c}"));
             let outcome = w.thread.join();
-            info!("worker {} ({core}): {}", w.id, w.counters.load());
+            info!(
+                "worker {} ({core}): {}",
+                w.id,
+                worker_counters(&w.counters, &w.sockets)
+            );
             let error = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(source)) => Some(ServerError::Worker { id: w.id, source }),

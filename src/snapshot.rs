@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::proto::{Correction, LeapIndicator, NtpShort, NtpTimestamp, RefId, ServerState};
 
-const WORDS: usize = 7;
+const WORDS: usize = 8;
 
 /// `ServerState` packed into words (and back); the only place that knows
 /// the layout.
@@ -22,6 +22,7 @@ fn encode(s: &ServerState) -> [u64; WORDS] {
         (s.leap.to_bits() as u64) << 56
             | (s.stratum as u64) << 48
             | (s.precision as u8 as u64) << 40
+            | (s.correction.leap_step as u8 as u64) << 32
             | s.reference_id.to_u32() as u64,
         s.reference_time.to_bits(),
         (s.root_delay.to_bits() as u64) << 32 | s.root_dispersion.to_bits() as u64,
@@ -29,6 +30,7 @@ fn encode(s: &ServerState) -> [u64; WORDS] {
         s.correction.base.to_bits(),
         s.correction.offset as u64,
         s.correction.freq.to_bits(),
+        s.correction.leap_at.to_bits(),
     ]
 }
 
@@ -46,6 +48,8 @@ fn decode(w: &[u64; WORDS]) -> ServerState {
             base: NtpTimestamp::from_bits(w[4]),
             offset: w[5] as i64,
             freq: f64::from_bits(w[6]),
+            leap_at: NtpTimestamp::from_bits(w[7]),
+            leap_step: (w[0] >> 32) as u8 as i8,
         },
     }
 }
@@ -148,6 +152,8 @@ mod tests {
                 base: t,
                 offset: -(n as i64),
                 freq: n as f64 * 1e-9,
+                leap_at: t.add_secs(n as f64),
+                leap_step: [-1, 0, 1][(n % 3) as usize],
             },
         }
     }

@@ -9,7 +9,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{client_for, client_request, exchange, total, Fastntpd, Io};
+use common::{
+    client_for, client_request, exchange, recv_stamped, stamped_client_for, total, Fastntpd, Io,
+};
 use fastntp::proto::{Header, LeapIndicator, Mode, NtpTimestamp, RefId};
 
 /// Every test below runs once per backend.
@@ -33,6 +35,7 @@ for_each_backend!(
     bad_input_is_dropped_counted_and_never_stops_service,
     two_workers_share_the_traffic_each_on_its_own_core,
     every_request_carries_a_kernel_receive_timestamp,
+    batched_replies_never_claim_to_leave_after_they_arrive,
 );
 
 fn local_v4_v6(io: Io) -> String {
@@ -306,20 +309,14 @@ fn two_workers_share_the_traffic_each_on_its_own_core(io: Io) {
     let addr = server.addrs[0];
 
     // Each worker thread is pinned to exactly one core, a different one.
+    // A thread names and pins itself once it runs: give both a moment.
     let mut pinned = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap() {
-        let dir = task.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
-        if comm.trim().starts_with("fastntp-w") {
-            let status = std::fs::read_to_string(dir.join("status")).unwrap();
-            let allowed = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .unwrap()
-                .trim()
-                .to_owned();
-            pinned.push((comm.trim().to_owned(), allowed));
+    for _ in 0..100 {
+        pinned = worker_affinities(server.pid());
+        if pinned.len() == 2 && pinned.iter().all(|(_, cpus)| !cpus.contains(['-', ','])) {
+            break;
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     pinned.sort();
     assert_eq!(
@@ -361,4 +358,63 @@ fn every_request_carries_a_kernel_receive_timestamp(io: Io) {
         stats.missing_rx_stamps, 0,
         "a request was stamped by a clock read"
     );
+}
+
+/// (thread name, allowed cores) of every worker thread of process `pid`.
+fn worker_affinities(pid: u32) -> Vec<(String, String)> {
+    let mut pinned = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+        if comm.trim().starts_with("fastntp-w") {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_owned();
+            pinned.push((comm.trim().to_owned(), allowed));
+        }
+    }
+    pinned
+}
+
+/// Bursts of back-to-back requests make the server answer in batches, whose
+/// replies leave one after another; each reply's transmit timestamp must
+/// still not be later than its kernel-stamped arrival at the client (on
+/// loopback both stamps read the same clock), or clients would see
+/// negative round trips.
+fn batched_replies_never_claim_to_leave_after_they_arrive(io: Io) {
+    const BURSTS: u64 = 20;
+    const BURST: u64 = 64;
+    /// Scheduling slack tolerated (a preempted send, a coarse estimate).
+    const SLACK_SECS: f64 = 5e-6;
+    let server = start(io, &local_v4_v6(io));
+    let addr = server.addrs[0];
+    let sock = stamped_client_for(addr);
+    let mut worst = f64::NEG_INFINITY;
+    let mut replies = 0;
+    for burst in 0..BURSTS {
+        for i in 0..BURST {
+            sock.send_to(&client_request(4, burst << 32 | i), addr)
+                .unwrap();
+        }
+        for _ in 0..BURST {
+            let Some((reply, arrival)) = recv_stamped(&sock) else {
+                break;
+            };
+            let h = Header::parse(&reply).unwrap();
+            let late = h.transmit_ts.diff_secs(NtpTimestamp::from_unix(arrival));
+            worst = worst.max(late);
+            replies += 1;
+        }
+    }
+    assert!(replies >= BURSTS * BURST * 9 / 10, "only {replies} replies");
+    assert!(
+        worst < SLACK_SECS,
+        "a reply was stamped {:.1} µs after it arrived",
+        worst * 1e6
+    );
+    server.stop();
 }

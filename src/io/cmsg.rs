@@ -5,6 +5,8 @@
 //! - received: `SCM_TIMESTAMPING` (kernel receive stamp), `IP_PKTINFO` /
 //!   `IPV6_PKTINFO` (the address a request was sent to), `SO_RXQ_OVFL`
 //!   (datagrams the kernel dropped for lack of buffer space);
+//! - error queue (`MSG_ERRQUEUE`): kernel transmit timestamps with their
+//!   `OPT_ID` key ([`parse_tx_timestamp`]);
 //! - sent: `IP_PKTINFO` / `IPV6_PKTINFO`, so a reply leaves from the address
 //!   its request arrived at.
 //!
@@ -140,6 +142,85 @@ pub fn parse(mut control: &[u8]) -> RecvInfo {
     info
 }
 
+/// Bytes of `struct sock_extended_err`: errno (u32); origin, type, code,
+/// pad (u8 each); info (u32); data (u32).
+const EXTENDED_ERR_LEN: usize = 16;
+/// `SO_EE_ORIGIN_TIMESTAMPING`: the extended error carries a timestamp's
+/// identity, not an error.
+const EE_ORIGIN_TIMESTAMPING: u8 = 4;
+/// Largest socket address the kernel appends to an extended error
+/// (`sockaddr_in6`).
+const OFFENDER_LEN: usize = 28;
+
+/// Control buffer size that holds one error-queue message of a transmit
+/// timestamp (the stamps and the extended error with its address), with
+/// room to spare.
+pub const ERRQUEUE_CONTROL_LEN: usize =
+    space(3 * TIMESPEC_LEN) + space(EXTENDED_ERR_LEN + OFFENDER_LEN) + 64;
+
+/// A kernel transmit timestamp, as read from a socket's error queue
+/// (`MSG_ERRQUEUE`) after sending with `SO_TIMESTAMPING` TX flags and
+/// `SOF_TIMESTAMPING_OPT_ID`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxTimestamp {
+    /// The software timestamp (`ts[0]` of `SCM_TIMESTAMPING`).
+    pub stamp: UnixTime,
+    /// The datagram's `OPT_ID` key (`ee_data`): the socket's count of
+    /// datagrams sent with timestamping on before this one.
+    pub id: u32,
+    /// Which point of the transmit path was stamped (`ee_info`:
+    /// `SCM_TSTAMP_SND` = 0, `SCM_TSTAMP_SCHED` = 1, `SCM_TSTAMP_ACK` = 2).
+    pub kind: u32,
+}
+
+/// Walks the control messages of a buffer: (level, type, data) of each
+/// complete one; stops at the first truncated or malformed header.
+fn messages(mut control: &[u8]) -> impl Iterator<Item = (i32, i32, &[u8])> {
+    std::iter::from_fn(move || {
+        if control.len() < HDR_LEN {
+            return None;
+        }
+        let len = ne_uint(&control[..LEVEL_AT]) as usize;
+        if len < HDR_LEN || len > control.len() {
+            return None;
+        }
+        let level = ne_i32(control, LEVEL_AT);
+        let kind = ne_i32(control, TYPE_AT);
+        let data = &control[align(HDR_LEN)..len.max(align(HDR_LEN))];
+        control = control.get(align(len)..).unwrap_or(&[]);
+        Some((level, kind, data))
+    })
+}
+
+/// Parses the control messages of one error-queue message. Returns the
+/// transmit timestamp when it carries both a non-zero software stamp and an
+/// extended error (`IP_RECVERR` / `IPV6_RECVERR`) of timestamping origin;
+/// anything else (a real ICMP error, garbage, a truncated buffer) gives
+/// `None`.
+pub fn parse_tx_timestamp(control: &[u8]) -> Option<TxTimestamp> {
+    let mut stamp = None;
+    let mut ident = None;
+    for (level, kind, data) in messages(control) {
+        match (level, kind) {
+            (libc::SOL_SOCKET, libc::SCM_TIMESTAMPING) => stamp = read_timespec(data),
+            (libc::IPPROTO_IP, libc::IP_RECVERR) | (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+                if data.len() >= EXTENDED_ERR_LEN && data[4] == EE_ORIGIN_TIMESTAMPING =>
+            {
+                let info = u32::from_ne_bytes([data[8], data[9], data[10], data[11]]);
+                let id = u32::from_ne_bytes([data[12], data[13], data[14], data[15]]);
+                ident = Some((id, info));
+            }
+            _ => {}
+        }
+    }
+    let (id, kind) = ident?;
+    Some(TxTimestamp {
+        stamp: stamp?,
+        id,
+        kind,
+    })
+}
+
 fn write_header(out: &mut [u8], data_len: usize, level: i32, kind: i32) {
     let len = HDR_LEN + data_len;
     match LEVEL_AT {
@@ -260,6 +341,67 @@ mod tests {
             ifindex: 0,
         };
         assert_eq!(parse(&out[..n]).local, Some(expected));
+    }
+
+    fn extended_err(origin: u8, info: u32, id: u32) -> Vec<u8> {
+        let mut e = vec![0u8; EXTENDED_ERR_LEN + 16];
+        e[..4].copy_from_slice(&(libc::ENOMSG as u32).to_ne_bytes());
+        e[4] = origin;
+        e[8..12].copy_from_slice(&info.to_ne_bytes());
+        e[12..16].copy_from_slice(&id.to_ne_bytes());
+        e
+    }
+
+    #[test]
+    fn tx_timestamp_of_an_error_queue_message_is_read() {
+        for (level, kind) in [
+            (libc::IPPROTO_IP, libc::IP_RECVERR),
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
+        ] {
+            let mut control = message(
+                libc::SOL_SOCKET,
+                libc::SCM_TIMESTAMPING,
+                &timespecs(1_800_000_000, 7),
+            );
+            control.extend(message(level, kind, &extended_err(4, 0, 41)));
+            assert_eq!(
+                parse_tx_timestamp(&control),
+                Some(TxTimestamp {
+                    stamp: UnixTime::new(1_800_000_000, 7),
+                    id: 41,
+                    kind: 0,
+                })
+            );
+            // Unaligned buffers parse too.
+            let mut shifted = vec![0u8; 5];
+            shifted.extend(&control);
+            assert_eq!(parse_tx_timestamp(&shifted[5..]).map(|t| t.id), Some(41));
+        }
+    }
+
+    #[test]
+    fn icmp_errors_missing_stamps_and_garbage_are_not_tx_timestamps() {
+        let stamp = message(libc::SOL_SOCKET, libc::SCM_TIMESTAMPING, &timespecs(5, 6));
+        // An ICMP error (origin 2) with a stamp is not a timestamp report.
+        let mut icmp = stamp.clone();
+        icmp.extend(message(
+            libc::IPPROTO_IP,
+            libc::IP_RECVERR,
+            &extended_err(2, 0, 1),
+        ));
+        assert_eq!(parse_tx_timestamp(&icmp), None);
+        // An identity without a stamp, or a zero stamp, gives nothing.
+        let ident = message(libc::IPPROTO_IP, libc::IP_RECVERR, &extended_err(4, 0, 1));
+        assert_eq!(parse_tx_timestamp(&ident), None);
+        let mut zero = message(libc::SOL_SOCKET, libc::SCM_TIMESTAMPING, &timespecs(0, 0));
+        zero.extend(&ident);
+        assert_eq!(parse_tx_timestamp(&zero), None);
+        // A truncated extended error or plain garbage gives nothing.
+        let mut short = stamp.clone();
+        short.extend(message(libc::IPPROTO_IP, libc::IP_RECVERR, &[4; 8]));
+        assert_eq!(parse_tx_timestamp(&short), None);
+        assert_eq!(parse_tx_timestamp(&[0xff; 64]), None);
+        assert_eq!(parse_tx_timestamp(&[]), None);
     }
 
     #[test]

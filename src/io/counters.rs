@@ -23,8 +23,10 @@ pub struct Counters {
     pub missing_rx_stamp: u64,
     /// Replies the kernel refused (e.g. send buffer full).
     pub send_errors: u64,
-    /// Datagrams the kernel dropped before we could read them (socket
-    /// receive queue full, `SO_RXQ_OVFL`).
+    /// Datagrams the kernel dropped before the worker could read them
+    /// (socket receive queue full). Not counted by the worker: whoever
+    /// holds the sockets fills it in from the kernel's own per-socket count
+    /// (see `socket::kernel_drops`), so no datagram carries it.
     pub kernel_drops: u64,
     /// Times a multishot receive ended and was re-armed (io_uring only;
     /// a steadily growing count means the buffer ring runs dry).
@@ -86,8 +88,8 @@ impl std::fmt::Display for Counters {
     }
 }
 
-/// The published copy of one worker's [`Counters`]; written only by that
-/// worker, read by anyone.
+/// The published copy of one worker's [`Counters`] (all but
+/// `kernel_drops`); written only by that worker, read by anyone.
 #[repr(align(128))]
 #[derive(Default)]
 pub struct SharedCounters {
@@ -96,7 +98,6 @@ pub struct SharedCounters {
     dropped: [AtomicU64; DROP_REASONS],
     missing_rx_stamp: AtomicU64,
     send_errors: AtomicU64,
-    kernel_drops: AtomicU64,
     rearms: AtomicU64,
 }
 
@@ -111,7 +112,6 @@ impl SharedCounters {
         }
         self.missing_rx_stamp.store(c.missing_rx_stamp, r);
         self.send_errors.store(c.send_errors, r);
-        self.kernel_drops.store(c.kernel_drops, r);
         self.rearms.store(c.rearms, r);
     }
 
@@ -124,7 +124,7 @@ impl SharedCounters {
             dropped: std::array::from_fn(|i| self.dropped[i].load(r)),
             missing_rx_stamp: self.missing_rx_stamp.load(r),
             send_errors: self.send_errors.load(r),
-            kernel_drops: self.kernel_drops.load(r),
+            kernel_drops: 0,
             rearms: self.rearms.load(r),
         }
     }
@@ -148,7 +148,13 @@ mod tests {
         c.dropped[DropReason::NotClientMode.index()] = 3;
         let shared = SharedCounters::default();
         shared.publish(&c);
-        assert_eq!(shared.load(), c);
+        assert_eq!(
+            shared.load(),
+            Counters {
+                kernel_drops: 0,
+                ..c
+            }
+        );
         let mut total = Counters::default();
         total.add(&c);
         total.add(&c);

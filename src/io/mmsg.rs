@@ -5,10 +5,12 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
-use super::cmsg::{self, LocalAddr, RecvInfo, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use super::cmsg::{self, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::socket::ListenSocket;
 use super::worker::{Datagram, Worker};
+use crate::clock;
 use crate::proto::HEADER_LEN;
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
@@ -125,7 +127,7 @@ impl MmsgBatch {
         &mut self,
         n: usize,
         wildcard: bool,
-        mut answer: impl FnMut(Datagram<'_>, &RecvInfo, &mut [u8; HEADER_LEN]) -> bool,
+        mut answer: impl FnMut(Datagram<'_>, &mut [u8; HEADER_LEN]) -> bool,
     ) -> usize {
         let mut queued = 0;
         for i in 0..n {
@@ -140,7 +142,7 @@ impl MmsgBatch {
                 truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
                 rx_stamp: info.rx_stamp,
             };
-            if !answer(dgram, &info, &mut self.replies[queued]) {
+            if !answer(dgram, &mut self.replies[queued]) {
                 continue;
             }
             let source = if wildcard { info.local } else { None };
@@ -229,12 +231,12 @@ pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -
             }
             return Err(err);
         }
-        for (index, (sock, pfd)) in sockets.iter().zip(&fds).enumerate() {
+        for (sock, pfd) in sockets.iter().zip(&fds) {
             if pfd.revents == 0 {
                 continue;
             }
             for _ in 0..ROUNDS_PER_SOCKET {
-                if serve_batch(worker, &mut batch, index, sock)? < BATCH {
+                if serve_batch(worker, &mut batch, sock)? < BATCH {
                     break;
                 }
             }
@@ -247,7 +249,6 @@ pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -
 fn serve_batch(
     worker: &mut Worker,
     batch: &mut MmsgBatch,
-    index: usize,
     sock: &ListenSocket,
 ) -> io::Result<usize> {
     let n = match batch.recv(sock.fd()) {
@@ -263,13 +264,16 @@ fn serve_batch(
         return Ok(0);
     }
     worker.begin_batch();
-    let queued = batch.answer_all(n, sock.wildcard, |dgram, info, reply| {
-        if let Some(total) = info.rxq_dropped {
-            worker.note_rxq_dropped(index, total);
-        }
-        worker.handle(dgram, reply)
-    });
+    let queued = batch.answer_all(n, sock.wildcard, |dgram, reply| worker.handle(dgram, reply));
+    let t0 = clock::now();
+    for (position, reply) in batch.replies[..queued].iter_mut().enumerate() {
+        worker.stamp_transmit(reply, t0, position);
+    }
+    let started = Instant::now();
     let (failed, errno) = batch.send(sock.fd(), queued);
+    if failed == 0 {
+        worker.observe_sends(queued, started.elapsed());
+    }
     worker.note_send_failures(failed, errno);
     worker.end_batch();
     Ok(n)

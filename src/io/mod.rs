@@ -1,6 +1,7 @@
 //! Moving datagrams between the network and [`worker::Worker`]: listening
 //! sockets ([`socket`]), control messages ([`cmsg`]), per-worker counters
-//! ([`counters`]), and the two I/O backends that drive a worker through the
+//! ([`counters`]), transmit-time prediction for batches ([`txtime`]), and
+//! the two I/O backends that drive a worker through the
 //! same interface: [`uring`] (io_uring with multishot receive, the fast
 //! path) and [`mmsg`] (recvmmsg/sendmmsg, the portable fallback).
 
@@ -8,6 +9,7 @@ pub mod cmsg;
 pub mod counters;
 pub mod mmsg;
 pub mod socket;
+pub mod txtime;
 pub mod uring;
 pub mod worker;
 

@@ -1,7 +1,7 @@
 //! Listening sockets and thread placement: one `SO_REUSEPORT` socket per
 //! worker and listen address (the kernel spreads clients over them by
 //! hash), each with kernel receive timestamps, packet info when bound to a
-//! wildcard address, overflow counting and large buffers. Bind failures are
+//! wildcard address and large buffers; and reading the kernel's drop count. Bind failures are
 //! turned into messages that tell an operator what to change.
 
 use std::io;
@@ -126,7 +126,6 @@ fn bind_one(addr: SocketAddr, opts: SocketOptions) -> Result<ListenSocket, Socke
     socket.set_reuse_port(true).map_err(step("SO_REUSEPORT"))?;
     set_buffer(&socket, libc::SO_RCVBUFFORCE, RECV_BUFFER).map_err(step("SO_RCVBUF"))?;
     set_buffer(&socket, libc::SO_SNDBUFFORCE, SEND_BUFFER).map_err(step("SO_SNDBUF"))?;
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1).map_err(step("SO_RXQ_OVFL"))?;
     if opts.timestamps {
         let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32)
@@ -192,6 +191,36 @@ pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Resul
     }
 }
 
+/// Index of the drop count in `SO_MEMINFO`'s array (`SK_MEMINFO_DROPS`).
+const SK_MEMINFO_DROPS: usize = 8;
+/// Entries of `SO_MEMINFO`'s array (`SK_MEMINFO_VARS`) on current kernels.
+const SK_MEMINFO_VARS: usize = 9;
+
+/// The kernel's count of datagrams dropped on `socket` (receive queue
+/// full), read with `SO_MEMINFO`; cheap enough to poll every second.
+pub fn kernel_drops(socket: &UdpSocket) -> io::Result<u32> {
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and `len` is a valid
+    // in/out length; the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < (SK_MEMINFO_DROPS + 1) * 4 {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+    }
+    Ok(info[SK_MEMINFO_DROPS])
+}
+
 /// The cores this process may run on, in order.
 pub fn usable_cores() -> Vec<usize> {
     core_affinity::get_core_ids()
@@ -250,6 +279,25 @@ mod tests {
         let err = bind_group(addr, 1, SocketOptions { timestamps: false }).unwrap_err();
         assert!(matches!(err, SocketError::AddressInUse { .. }), "{err}");
         assert!(err.to_string().contains("[server] listen"));
+    }
+
+    #[test]
+    fn kernel_drops_count_datagrams_the_queue_could_not_hold() {
+        let group = bind_group(
+            "127.0.0.1:0".parse().unwrap(),
+            1,
+            SocketOptions { timestamps: false },
+        )
+        .unwrap();
+        let sock = &group[0];
+        assert_eq!(kernel_drops(&sock.socket).unwrap(), 0);
+        // Shrink the queue, then overfill it.
+        setsockopt_int(sock.fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 1).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            client.send_to(&[0u8; 512], sock.local).unwrap();
+        }
+        assert!(kernel_drops(&sock.socket).unwrap() > 100);
     }
 
     #[test]

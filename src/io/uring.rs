@@ -10,8 +10,10 @@
 //!   from it and the buffer goes straight back to the ring.
 //! - A multishot receive ends when the buffer ring runs dry (`ENOBUFS`) or
 //!   on any other error; it is re-armed after the batch and counted.
-//! - Send slots (message header, reply, peer address, packet info) are
-//!   owned until their completion arrives; failures are counted.
+//! - Replies are stamped with their predicted departure (see
+//!   [`super::txtime`]) and queued together after the batch. Send slots
+//!   (message header, reply, peer address, packet info) are owned until
+//!   their completion arrives; failures are counted.
 //!
 //! [`probe`] checks that all of this works on the running kernel (container
 //! seccomp profiles often refuse io_uring) before a worker relies on it.
@@ -19,13 +21,15 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::Instant;
 
-use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::cmsg::{self, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::socket::ListenSocket;
 use super::worker::{Datagram, Worker};
+use crate::clock;
 use crate::proto::HEADER_LEN;
 
 /// Provided receive buffers per worker (a power of two). Buffers go back to
@@ -39,16 +43,25 @@ const PAYLOAD_LEN: usize = super::mmsg::RECV_SLOT;
 const RECV_BUF_LEN: usize = 16 + NAME_LEN + RECV_CONTROL_LEN + PAYLOAD_LEN;
 /// Replies that may be in flight at once.
 const SEND_SLOTS: usize = RECV_BUFFERS as usize;
-const SQ_ENTRIES: u32 = 1024;
+/// Room for a whole batch of sends (at most one per receive buffer) plus
+/// the re-arms, so a batch is never split by a full queue: every reply's
+/// predicted departure assumes its batch goes out in one call.
+const SQ_ENTRIES: u32 = 4096;
 const CQ_ENTRIES: u32 = 8192;
 /// Completions to wait for before returning early…
 const WAIT_BATCH: usize = 32;
 /// …unless this long has passed since the first one (kernels ≥ 6.12;
 /// older ones return on the first completion).
-const MIN_WAIT_USEC: u32 = 20;
+const MIN_WAIT_USEC: u32 = 50;
+/// A batch of at least this many completions means "busy": the next wait
+/// returns as soon as anything is ready.
+const BUSY_COMPLETIONS: usize = 16;
 /// Longest wait before re-checking the stop flag.
 const IDLE_WAIT_NSEC: u32 = 100_000_000;
 const BUFFER_GROUP: u16 = 0;
+/// Batches of at least this many replies are submitted (and timed) on
+/// their own; smaller ones ride along with the next wait.
+const TIMED_SUBMIT_MIN: usize = 8;
 
 /// `user_data` tags: the kind in the top bits, an index below.
 const TAG_RECV: u64 = 1 << 32;
@@ -224,6 +237,10 @@ struct UringWorker<'a> {
     /// Completions copied out of the ring (capacity = CQ size, so no
     /// allocation after start): user data, result, flags.
     cqes: Vec<(u64, i32, u32)>,
+    /// Replies built in this batch, in order: (send slot, socket index).
+    pending: Vec<(u32, u32)>,
+    /// The last batch was big: do not linger waiting for the next.
+    busy: bool,
 }
 
 /// Pushes an entry, submitting first if the queue is full.
@@ -245,6 +262,10 @@ impl<'a> UringWorker<'a> {
         let ring = new_ring(SQ_ENTRIES, CQ_ENTRIES)?;
         let buffers = BufRing::new(RECV_BUFFERS)?;
         buffers.register(&ring)?;
+        // Registered descriptors (index = socket index) spare the kernel a
+        // file lookup per operation.
+        let fds: Vec<i32> = sockets.iter().map(ListenSocket::fd).collect();
+        ring.submitter().register_files(&fds)?;
         let can_min_wait = ring.params().is_feature_min_timeout();
         Ok(UringWorker {
             ring,
@@ -255,6 +276,8 @@ impl<'a> UringWorker<'a> {
             rearm: vec![true; sockets.len()],
             can_min_wait,
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+            pending: Vec::with_capacity(SEND_SLOTS),
+            busy: false,
         })
     }
 
@@ -268,24 +291,67 @@ impl<'a> UringWorker<'a> {
             if !first {
                 worker.note_rearm();
             }
-            let entry = opcode::RecvMsgMulti::new(
-                Fd(self.sockets[i].fd()),
-                &self.templates[i],
-                BUFFER_GROUP,
-            )
-            .build()
-            .user_data(TAG_RECV | i as u64);
+            let entry =
+                opcode::RecvMsgMulti::new(Fixed(i as u32), &self.templates[i], BUFFER_GROUP)
+                    .build()
+                    .user_data(TAG_RECV | i as u64);
             push(&mut self.ring, &entry)?;
         }
         Ok(())
     }
 
-    /// Submits queued replies and waits for completions (or the idle
+    /// Stamps this batch's replies with their predicted departures and
+    /// queues their sends. Batches big enough to teach the send-cost
+    /// estimate are submitted right away in a call of their own, which is
+    /// timed; smaller ones go out with the next wait.
+    fn send_replies(&mut self, worker: &mut Worker) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        for &(slot, sock) in &self.pending {
+            let s = slot as usize;
+            let hdr = &self.slots.hdr[s];
+            // Packet info needs a message header; otherwise a plain send
+            // with a destination spares the kernel copying one in.
+            let entry = if hdr.msg_controllen == 0 {
+                opcode::Send::new(Fixed(sock), self.slots.reply[s].as_ptr(), HEADER_LEN as u32)
+                    .dest_addr(self.slots.name[s].as_ptr().cast())
+                    .dest_addr_len(hdr.msg_namelen)
+                    .flags(libc::MSG_DONTWAIT)
+                    .build()
+            } else {
+                opcode::SendMsg::new(Fixed(sock), hdr)
+                    .flags(libc::MSG_DONTWAIT as u32)
+                    .build()
+            };
+            push(&mut self.ring, &entry.user_data(TAG_SEND | slot as u64))?;
+        }
+        // The kernel reads a reply only when its send runs, so the stamps
+        // go in last, in a tight loop right before the submission.
+        let t0 = clock::now();
+        for (position, &(slot, _)) in self.pending.iter().enumerate() {
+            worker.stamp_transmit(&mut self.slots.reply[slot as usize], t0, position);
+        }
+        let sends = self.pending.len();
+        self.pending.clear();
+        if sends >= TIMED_SUBMIT_MIN {
+            let started = Instant::now();
+            self.ring.submit()?;
+            worker.observe_sends(sends, started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Submits queued entries and waits for completions (or the idle
     /// timeout).
     fn submit_and_wait(&mut self) -> io::Result<()> {
         let timeout = Timespec::new().nsec(IDLE_WAIT_NSEC);
         let args = SubmitArgs::new().timespec(&timeout);
-        let (want, args) = if self.can_min_wait {
+        // One multishot receive is one task-work item however many
+        // datagrams wait, so arrivals do not count towards `want`: while
+        // busy, wait for one completion (work is surely queued); only when
+        // quiet, gather a batch for up to MIN_WAIT_USEC.
+        let (want, args) = if self.can_min_wait && !self.busy {
             (WAIT_BATCH, args.min_wait_usec(MIN_WAIT_USEC))
         } else {
             (1, args)
@@ -314,6 +380,7 @@ impl<'a> UringWorker<'a> {
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
+        self.busy = cqes.len() >= BUSY_COMPLETIONS;
         for &(user_data, result, flags) in &cqes {
             let index = (user_data & INDEX_MASK) as usize;
             match user_data & !INDEX_MASK {
@@ -329,6 +396,7 @@ impl<'a> UringWorker<'a> {
         }
         self.cqes = cqes;
         self.buffers.publish();
+        self.send_replies(worker)?;
         worker.end_batch();
         Ok(())
     }
@@ -359,9 +427,6 @@ impl<'a> UringWorker<'a> {
         let buffer = self.buffers.buffer(bid, result as usize);
         if let Ok(msg) = RecvMsgOut::parse(buffer, &self.templates[sock]) {
             let info = cmsg::parse(msg.control_data());
-            if let Some(total) = info.rxq_dropped {
-                worker.note_rxq_dropped(sock, total);
-            }
             let dgram = Datagram {
                 payload: msg.payload_data(),
                 truncated: msg.is_payload_truncated(),
@@ -390,11 +455,7 @@ impl<'a> UringWorker<'a> {
                         hdr.msg_namelen = n as u32;
                         hdr.msg_control = control_ptr.cast();
                         hdr.msg_controllen = control_len as _;
-                        let entry = opcode::SendMsg::new(Fd(self.sockets[sock].fd()), hdr)
-                            .flags(libc::MSG_DONTWAIT as u32)
-                            .build()
-                            .user_data(TAG_SEND | slot as u64);
-                        push(&mut self.ring, &entry)?;
+                        self.pending.push((slot, sock as u32));
                     } else {
                         self.slots.free.push(slot);
                     }

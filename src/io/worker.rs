@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::counters::{Counters, SharedCounters};
+use super::txtime::TxSchedule;
 use crate::clock;
 use crate::proto::{self, DropReason, ServerState, UnixTime, Verdict, HEADER_LEN};
 use crate::snapshot;
@@ -21,11 +22,12 @@ pub struct Worker {
     expect_stamps: bool,
     counters: Counters,
     shared: Arc<SharedCounters>,
-    /// Last `SO_RXQ_OVFL` total seen per socket (the kernel reports a
-    /// running count per socket).
-    rxq_dropped: Vec<u32>,
     /// When a send failure was last logged.
     last_send_warning: Option<Instant>,
+    /// Provisional transmit time of this batch's replies (its start);
+    /// replaced by [`Worker::stamp_transmit`] just before sending.
+    provisional_tx: UnixTime,
+    tx_schedule: TxSchedule,
 }
 
 /// Send failures are logged at most this often (they are always counted).
@@ -43,12 +45,11 @@ pub struct Datagram<'a> {
 }
 
 impl Worker {
-    /// A worker reading `snapshot`, serving `sockets` sockets, publishing
-    /// its counters to `shared`. `expect_stamps`: kernel timestamps were
-    /// requested, so a missing one is counted.
+    /// A worker reading `snapshot`, publishing its counters to `shared`.
+    /// `expect_stamps`: kernel timestamps were requested, so a missing one
+    /// is counted.
     pub fn new(
         snapshot: snapshot::Reader,
-        sockets: usize,
         expect_stamps: bool,
         shared: Arc<SharedCounters>,
     ) -> Self {
@@ -59,14 +60,16 @@ impl Worker {
             expect_stamps,
             counters: Counters::default(),
             shared,
-            rxq_dropped: vec![0; sockets],
             last_send_warning: None,
+            provisional_tx: UnixTime::default(),
+            tx_schedule: TxSchedule::default(),
         }
     }
 
     /// Starts a batch: picks up the latest published state.
     pub fn begin_batch(&mut self) {
         self.state = self.snapshot.load();
+        self.provisional_tx = clock::now();
     }
 
     /// Handles one datagram; returns whether `reply` holds a reply to send.
@@ -85,7 +88,8 @@ impl Worker {
                 clock::now()
             }
         };
-        match proto::respond(dgram.payload, received, &self.state, clock::now, reply) {
+        let provisional = self.provisional_tx;
+        match proto::respond(dgram.payload, received, &self.state, || provisional, reply) {
             Verdict::Reply => {
                 self.counters.replied += 1;
                 true
@@ -99,14 +103,6 @@ impl Worker {
 
     fn count_drop(&mut self, reason: DropReason) {
         self.counters.dropped[reason.index()] += 1;
-    }
-
-    /// Records the kernel's running drop count of socket `socket`.
-    pub fn note_rxq_dropped(&mut self, socket: usize, total: u32) {
-        if let Some(last) = self.rxq_dropped.get_mut(socket) {
-            self.counters.kernel_drops += total.wrapping_sub(*last) as u64;
-            *last = total;
-        }
     }
 
     /// Replies that were built but could not be sent (`errno` says why):
@@ -131,6 +127,20 @@ impl Worker {
         }
     }
 
+    /// Stamps the reply at `position` of a batch whose send call is about to
+    /// start at `t0` with its predicted departure (see [`TxSchedule`]).
+    /// Every reply from [`Worker::handle`] must pass through here before it
+    /// is sent.
+    pub fn stamp_transmit(&self, reply: &mut [u8; HEADER_LEN], t0: UnixTime, position: usize) {
+        proto::restamp_transmit(reply, &self.state, self.tx_schedule.departure(t0, position));
+    }
+
+    /// Learns how long sends take from a call that sent `sends` replies in
+    /// `elapsed`.
+    pub fn observe_sends(&mut self, sends: usize, elapsed: Duration) {
+        self.tx_schedule.observe(sends, elapsed);
+    }
+
     /// A multishot receive ended and is being re-armed.
     pub fn note_rearm(&mut self) {
         self.counters.rearms += 1;
@@ -150,7 +160,7 @@ mod tests {
         let (_publisher, reader) = snapshot::new(&ServerState::unsynchronized(-20));
         let shared = Arc::new(SharedCounters::default());
         (
-            Worker::new(reader, 2, expect_stamps, Arc::clone(&shared)),
+            Worker::new(reader, expect_stamps, Arc::clone(&shared)),
             shared,
         )
     }
@@ -195,8 +205,6 @@ mod tests {
             },
             &mut out
         ));
-        w.note_rxq_dropped(1, 5);
-        w.note_rxq_dropped(1, 7);
         w.note_send_failures(1, libc::EAGAIN);
         w.note_send_failures(0, libc::EAGAIN);
         w.note_rearm();
@@ -208,7 +216,6 @@ mod tests {
         assert_eq!(c.missing_rx_stamp, 1);
         assert_eq!(c.dropped(DropReason::TooShort), 1);
         assert_eq!(c.dropped(DropReason::Oversize), 1);
-        assert_eq!(c.kernel_drops, 7);
         assert_eq!(c.rearms, 1);
     }
 

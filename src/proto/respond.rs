@@ -139,6 +139,28 @@ pub fn respond(
     Verdict::Reply
 }
 
+/// Rewrites the transmit timestamp of a reply built by [`respond`] to
+/// `transmit` (kernel clock): backends that send replies in batches build
+/// them first and stamp each one just before the batch goes out, with the
+/// moment its own send is expected to run. Keeps transmit ≥ receive and
+/// recomputes the root dispersion for the new transmit time.
+pub fn restamp_transmit(reply: &mut [u8; HEADER_LEN], state: &ServerState, transmit: UnixTime) {
+    let mut receive = [0u8; 8];
+    receive.copy_from_slice(&reply[32..40]);
+    let receive_ts = NtpTimestamp::from_be_bytes(receive);
+    let mut transmit_ts = state.correction.apply(NtpTimestamp::from_unix(transmit));
+    if transmit_ts.diff_units(receive_ts) < 0 {
+        transmit_ts = receive_ts;
+    }
+    reply[8..12].copy_from_slice(
+        &state
+            .root_dispersion_at(transmit_ts)
+            .to_bits()
+            .to_be_bytes(),
+    );
+    reply[40..48].copy_from_slice(&transmit_ts.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,10 +294,33 @@ mod tests {
             base: NtpTimestamp::from_unix(RX),
             offset: secs_to_units(2.5),
             freq: 0.0,
+            ..Correction::NONE
         };
         let (_, h) = answer(&request(4, 3), &state);
         assert!((h.receive_ts.diff_secs(NtpTimestamp::from_unix(RX)) - 2.5).abs() < 1e-9);
         assert!((h.transmit_ts.diff_secs(NtpTimestamp::from_unix(TX)) - 2.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn restamp_moves_only_transmit_and_dispersion() {
+        let state = synced_state();
+        let mut out = [0u8; 48];
+        respond(&request(4, 3), RX, &state, || TX, &mut out);
+        let before = Header::parse(&out).unwrap();
+        let later = UnixTime::new(TX.secs + 100, TX.nanos);
+        restamp_transmit(&mut out, &state, later);
+        let after = Header::parse(&out).unwrap();
+        assert_eq!(after.transmit_ts, NtpTimestamp::from_unix(later));
+        assert!(after.root_dispersion > before.root_dispersion);
+        let same = Header {
+            transmit_ts: before.transmit_ts,
+            root_dispersion: before.root_dispersion,
+            ..after
+        };
+        assert_eq!(same, before);
+        restamp_transmit(&mut out, &state, UnixTime::new(RX.secs - 5, 0));
+        let clamped = Header::parse(&out).unwrap();
+        assert_eq!(clamped.transmit_ts, clamped.receive_ts);
     }
 
     proptest! {

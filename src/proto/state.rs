@@ -10,7 +10,8 @@ pub const DISPERSION_RATE_PPM: i64 = 15;
 
 /// How the served timeline differs from the kernel clock, for servers that
 /// do not steer the kernel clock: served = kernel + offset + freq × (kernel −
-/// base). Zero when the kernel clock itself is disciplined.
+/// base), plus a pending leap second. Zero when the kernel clock itself is
+/// disciplined.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Correction {
     /// Kernel time at which `offset` holds.
@@ -20,6 +21,15 @@ pub struct Correction {
     /// Frequency of the served timeline relative to the kernel clock
     /// (dimensionless: 1e-6 is 1 ppm faster).
     pub freq: f64,
+    /// Served time (as it would be without the leap) at which a leap second
+    /// takes effect; meaningless while `leap_step` is 0. Lets workers insert
+    /// or delete the second exactly at midnight UTC without the writer
+    /// having to publish at that instant.
+    pub leap_at: NtpTimestamp,
+    /// Whole seconds added to the served time from `leap_at` on: -1 inserts
+    /// a second (NTP time repeats 23:59:59, the wire form of 23:59:60), +1
+    /// deletes 23:59:59 (`leap_at` is then 23:59:59); 0 = no leap pending.
+    pub leap_step: i8,
 }
 
 impl Correction {
@@ -28,16 +38,24 @@ impl Correction {
         base: NtpTimestamp::ZERO,
         offset: 0,
         freq: 0.0,
+        leap_at: NtpTimestamp::ZERO,
+        leap_step: 0,
     };
 
     /// Maps a kernel-clock timestamp onto the served timeline.
     pub fn apply(&self, kernel: NtpTimestamp) -> NtpTimestamp {
-        if self.freq == 0.0 {
-            return kernel.add_units(self.offset);
+        let served = if self.freq == 0.0 {
+            kernel.add_units(self.offset)
+        } else {
+            let elapsed = kernel.diff_units(self.base) as f64;
+            // `as` saturates; a frequency term beyond ±2^63 units is nonsense anyway.
+            kernel.add_units(self.offset.saturating_add((elapsed * self.freq) as i64))
+        };
+        if self.leap_step != 0 && served.diff_units(self.leap_at) >= 0 {
+            served.add_units((self.leap_step as i64) << 32)
+        } else {
+            served
         }
-        let elapsed = kernel.diff_units(self.base) as f64;
-        // `as` saturates; a frequency term beyond ±2^63 units is nonsense anyway.
-        kernel.add_units(self.offset.saturating_add((elapsed * self.freq) as i64))
     }
 }
 
@@ -149,11 +167,38 @@ mod tests {
             base: ts(0.0),
             offset: crate::proto::time::secs_to_units(2.5),
             freq: 100e-6,
+            ..Correction::NONE
         };
         let served = c.apply(ts(1000.0));
         let expected = 1000.0 + 2.5 + 0.1;
         assert!((served.diff_secs(ts(0.0)) - expected).abs() < 1e-9);
         assert_eq!(Correction::NONE.apply(ts(7.0)), ts(7.0));
+    }
+
+    #[test]
+    fn inserted_leap_second_repeats_the_last_second_exactly_at_midnight() {
+        let midnight = ts(86_400.0);
+        let c = Correction {
+            offset: crate::proto::time::secs_to_units(0.25),
+            leap_at: midnight,
+            leap_step: -1,
+            ..Correction::NONE
+        };
+        // Served 23:59:59.75 just before, then 23:59:59.0 again (23:59:60).
+        assert_eq!(c.apply(ts(86_399.5)), ts(86_399.75));
+        assert_eq!(c.apply(ts(86_399.75)), ts(86_399.0));
+        assert_eq!(c.apply(ts(86_400.75)), ts(86_400.0));
+    }
+
+    #[test]
+    fn deleted_leap_second_skips_23_59_59() {
+        let c = Correction {
+            leap_at: ts(86_399.0),
+            leap_step: 1,
+            ..Correction::NONE
+        };
+        assert_eq!(c.apply(ts(86_398.5)), ts(86_398.5));
+        assert_eq!(c.apply(ts(86_399.0)), ts(86_400.0));
     }
 
     #[test]

@@ -209,7 +209,8 @@ impl Fastntpd {
             spawned,
             _config: tempfile_path::TempFile(path),
         };
-        d.wait_for("serving ", Duration::from_secs(10));
+        // The last line `Server::start` logs: every socket is bound by then.
+        d.wait_for("clock precision", Duration::from_secs(10));
         d.addrs = d
             .log
             .iter()
@@ -409,6 +410,51 @@ pub fn exchange(sock: &UdpSocket, server: SocketAddr, request: &[u8]) -> Option<
         }
         Err(_) => None,
     }
+}
+
+/// A client socket with kernel receive timestamps on (see
+/// [`recv_stamped`]).
+pub fn stamped_client_for(server: SocketAddr) -> UdpSocket {
+    use std::os::fd::AsRawFd;
+    let sock = client_for(server);
+    let flags = (libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE) as i32;
+    fastntp::io::socket::setsockopt_int(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_TIMESTAMPING,
+        flags,
+    )
+    .expect("SO_TIMESTAMPING");
+    sock
+}
+
+/// Receives one datagram with its kernel receive timestamp (within the
+/// socket's read timeout).
+pub fn recv_stamped(sock: &UdpSocket) -> Option<(Vec<u8>, fastntp::proto::UnixTime)> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 2048];
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` describes buffers owned by this frame.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: the kernel wrote `msg_controllen` bytes of `control`.
+    let control_bytes = unsafe {
+        std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), msg.msg_controllen as usize)
+    };
+    let stamp = fastntp::io::cmsg::parse(control_bytes).rx_stamp?;
+    Some((buf[..n as usize].to_vec(), stamp))
 }
 
 /// A client request: LI 0, `version`, mode 3, poll 6, the given transmit

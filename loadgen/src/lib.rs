@@ -1,0 +1,56 @@
+//! ntp-loadgen: an open-loop load generator that measures the throughput and
+//! the timestamp accuracy of any NTP server (fastntpd, chronyd, ntpd,
+//! ntpd-rs), and says so when it — not the server — is the bottleneck.
+//!
+//! ```text
+//! args ──► Plan ──► runner (main thread: steps, sweep, kernel counters, progress)
+//!                     │ StepCmd per thread                ▲ ThreadResult
+//!                     ▼                                   │
+//!            engine (one pinned thread each, own sockets, no locks/allocation per packet)
+//!              pacing ─► batch::SendBatch (UDP GSO or sendmmsg) ─► server
+//!              epoll ◄─ batch::RecvBatch (recvmmsg, kernel RX stamps) / ErrBatch (TX stamps)
+//!                 └─► matching (origin → slot, O(1)) ─► validate ─► stats (counters + HDR histograms)
+//! report (table / JSON) and plot (SVG) render the collected StepReports.
+//! ```
+//!
+//! Module map:
+//! - [`args`]: the command line and its validation into a [`args::Plan`].
+//! - [`error`]: typed errors and their exit codes.
+//! - [`clients`]: client sockets (source ranges, buffers, timestamping).
+//! - [`batch`]: pre-allocated send (UDP GSO / `sendmmsg`) and `recvmmsg`
+//!   batches.
+//! - [`poller`]: epoll with a nanosecond timeout.
+//! - [`pacing`]: the open-loop schedule.
+//! - [`rng`]: random transmit timestamps.
+//! - [`matching`]: the slot table that matches replies to requests.
+//! - [`validate`]: judging a matched reply.
+//! - [`stats`]: counters and histograms.
+//! - [`engine`]: one load thread's send/receive loop.
+//! - [`runner`]: threads, steps and sweeps.
+//! - [`sweep`]: when a sweep stops and what its result is.
+//! - [`kernel`]: the host's UDP counters (`/proc/net/snmp`).
+//! - [`report`]: the figures of a run, as a table and as JSON.
+//! - [`plot`]: the SVG picture of a sweep.
+//! - [`progress`]: the terminal progress bar.
+//! - [`signals`]: Ctrl-C handling.
+
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod batch;
+pub mod clients;
+pub mod engine;
+pub mod error;
+pub mod kernel;
+pub mod matching;
+pub mod pacing;
+pub mod plot;
+pub mod poller;
+pub mod progress;
+pub mod report;
+pub mod rng;
+pub mod runner;
+pub mod signals;
+pub mod stats;
+pub mod sweep;
+pub mod validate;

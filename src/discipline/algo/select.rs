@@ -1,0 +1,228 @@
+//! Source selection, RFC 5905 §11.2.1–11.2.2: the intersection algorithm
+//! (Marzullo's, as refined by the RFC) finds the largest group of sources
+//! whose correctness intervals `offset ± root distance` agree and rejects
+//! the rest as falsetickers; clustering then prunes outliers from the
+//! truechimers until at most [`MIN_CLUSTER`] remain or the spread between
+//! them is no larger than their own jitter. Pure functions of the
+//! candidates.
+
+/// Clustering stops at this many survivors (RFC 5905 NMIN).
+pub const MIN_CLUSTER: usize = 3;
+
+/// A source that passed the per-source checks, as selection sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    /// Its offset now (served time behind true time), s.
+    pub offset: f64,
+    /// Root distance (half the correctness interval), s.
+    pub root_distance: f64,
+    /// Its jitter, s.
+    pub jitter: f64,
+    /// Its stratum (ranks sources in clustering).
+    pub stratum: u8,
+}
+
+/// What selection made of a candidate (ntpq's tally codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Outside the agreeing majority: `x`.
+    Falseticker,
+    /// A truechimer pruned by clustering: `-`.
+    Outlier,
+    /// Survived clustering and is combined: `+` (or `*` if chosen).
+    Survivor,
+}
+
+/// The interval `[low, high]` that a majority of correctness intervals
+/// share, allowing as few falsetickers as possible; `None` when there is no
+/// majority.
+pub fn intersection(candidates: &[Candidate]) -> Option<(f64, f64)> {
+    let n = candidates.len();
+    // Endpoints: (value, kind) with kind -1 = lower end, 0 = midpoint,
+    // +1 = upper end, sorted by value (lower ends first on ties).
+    let mut ends: Vec<(f64, i32)> = Vec::with_capacity(3 * n);
+    for c in candidates {
+        let d = c.root_distance.abs();
+        ends.push((c.offset - d, -1));
+        ends.push((c.offset, 0));
+        ends.push((c.offset + d, 1));
+    }
+    ends.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut allow = 0;
+    while 2 * allow < n {
+        let needed = (n - allow) as i32;
+        let mut found = 0;
+        let mut chime = 0;
+        let mut low = f64::NAN;
+        for &(value, kind) in &ends {
+            chime -= kind;
+            if chime >= needed {
+                low = value;
+                break;
+            }
+            if kind == 0 {
+                found += 1;
+            }
+        }
+        chime = 0;
+        let mut high = f64::NAN;
+        for &(value, kind) in ends.iter().rev() {
+            chime += kind;
+            if chime >= needed {
+                high = value;
+                break;
+            }
+            if kind == 0 {
+                found += 1;
+            }
+        }
+        if found <= allow && low <= high {
+            return Some((low, high));
+        }
+        allow += 1;
+    }
+    None
+}
+
+/// Runs intersection and clustering; one verdict per candidate, in order.
+/// All falsetickers when there is no majority.
+pub fn select(candidates: &[Candidate]) -> Vec<Verdict> {
+    let Some((low, high)) = intersection(candidates) else {
+        return vec![Verdict::Falseticker; candidates.len()];
+    };
+    let mut verdicts: Vec<Verdict> = candidates
+        .iter()
+        .map(|c| {
+            let d = c.root_distance.abs();
+            // As ntpd: a truechimer's interval overlaps the intersection.
+            if c.offset + d < low || c.offset - d > high {
+                Verdict::Falseticker
+            } else {
+                Verdict::Survivor
+            }
+        })
+        .collect();
+    let truechimers: Vec<usize> = (0..candidates.len())
+        .filter(|&i| verdicts[i] == Verdict::Survivor)
+        .collect();
+    for i in cluster(candidates, &truechimers) {
+        verdicts[i] = Verdict::Outlier;
+    }
+    verdicts
+}
+
+/// Clustering (RFC 5905 §11.2.2) over the indices `truechimers`: returns
+/// the indices it prunes, worst first.
+fn cluster(candidates: &[Candidate], truechimers: &[usize]) -> Vec<usize> {
+    let mut left: Vec<usize> = truechimers.to_vec();
+    let mut pruned = Vec::new();
+    while left.len() > MIN_CLUSTER {
+        // Selection jitter of each: RMS distance of its offset to the others'.
+        let mut worst = (0usize, f64::NEG_INFINITY);
+        let mut min_jitter = f64::INFINITY;
+        for (pos, &i) in left.iter().enumerate() {
+            let sum: f64 = left
+                .iter()
+                .map(|&j| (candidates[i].offset - candidates[j].offset).powi(2))
+                .sum();
+            let phi = (sum / (left.len() - 1) as f64).sqrt();
+            // The RFC weighs by stratum so that, at equal spread, the
+            // higher-stratum source goes first.
+            let score = phi * (1.0 + candidates[i].stratum as f64 * 1e-3);
+            if score > worst.1 {
+                worst = (pos, score);
+            }
+            min_jitter = min_jitter.min(candidates[i].jitter);
+        }
+        if worst.1 <= min_jitter {
+            break;
+        }
+        pruned.push(left.remove(worst.0));
+    }
+    pruned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(offset: f64, root_distance: f64) -> Candidate {
+        Candidate {
+            offset,
+            root_distance,
+            jitter: 1e-4,
+            stratum: 1,
+        }
+    }
+
+    #[test]
+    fn one_second_falseticker_among_four_is_rejected() {
+        let cands = [
+            c(0.0005, 0.01),
+            c(-0.0003, 0.01),
+            c(1.0, 0.01),
+            c(0.0001, 0.01),
+        ];
+        let v = select(&cands);
+        assert_eq!(v[2], Verdict::Falseticker);
+        for i in [0, 1, 3] {
+            assert_eq!(v[i], Verdict::Survivor, "{i}: {v:?}");
+        }
+        let (low, high) = intersection(&cands).unwrap();
+        assert!(low < 0.0 && high > 0.0 && high < 0.02);
+    }
+
+    #[test]
+    fn a_single_source_is_its_own_majority() {
+        assert_eq!(select(&[c(2.5, 0.01)]), vec![Verdict::Survivor]);
+    }
+
+    #[test]
+    fn two_disagreeing_sources_have_no_majority() {
+        let v = select(&[c(0.0, 0.01), c(60.0, 0.01)]);
+        assert_eq!(v, vec![Verdict::Falseticker; 2]);
+        assert_eq!(intersection(&[]), None);
+    }
+
+    #[test]
+    fn three_agreeing_beat_one_far_away() {
+        let v = select(&[
+            c(2.5, 0.005),
+            c(60.0, 0.005),
+            c(2.501, 0.005),
+            c(2.499, 0.005),
+        ]);
+        assert_eq!(v[1], Verdict::Falseticker);
+        assert_eq!(v.iter().filter(|v| **v == Verdict::Survivor).count(), 3);
+    }
+
+    #[test]
+    fn clustering_prunes_the_most_distant_truechimer() {
+        // Five overlapping intervals; one sits 4 ms off the others, far more
+        // than their 0.1 ms jitter.
+        let cands = [
+            c(0.0, 0.01),
+            c(0.0001, 0.01),
+            c(-0.0001, 0.01),
+            c(0.0002, 0.01),
+            c(0.004, 0.01),
+        ];
+        let v = select(&cands);
+        assert_eq!(v[4], Verdict::Outlier, "{v:?}");
+        assert_eq!(v.iter().filter(|v| **v == Verdict::Survivor).count(), 3);
+    }
+
+    #[test]
+    fn clustering_keeps_sources_within_their_jitter() {
+        let mut cands = [
+            c(0.0, 0.01),
+            c(0.0001, 0.01),
+            c(-0.0001, 0.01),
+            c(0.00005, 0.01),
+        ];
+        for x in &mut cands {
+            x.jitter = 0.001;
+        }
+        assert!(select(&cands).iter().all(|v| *v == Verdict::Survivor));
+    }
+}

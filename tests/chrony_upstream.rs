@@ -1,0 +1,137 @@
+//! A real upstream (issue 5, acceptance 2): Debian's chronyd serving its
+//! local clock at stratum 1 on a loopback port (`-x`, CAP_SYS_TIME dropped:
+//! it never touches the clock) is the only upstream of `fastntpd` in
+//! software mode, which must reach stratum 2 with refid 127.0.0.1 within
+//! 20 s and then serve this host's time to within 50 µs (median).
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{client_for, client_request, exchange, require_tool, write_temp, Fastntpd};
+use fastntp::proto::{Header, LeapIndicator, NtpTimestamp, RefId};
+
+/// chronyd as a loopback server, killed (by PID) when dropped.
+struct Chronyd {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Chronyd {
+    fn start(chronyd: &str, capsh: &str) -> Chronyd {
+        // A free port: bind, read it, release it for chronyd.
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("probe a free port")
+            .port();
+        let dir = write_temp("chronyd-dir", "");
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        let conf = dir.join("chrony.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbindaddress 127.0.0.1\ncmdport 0\nbindcmdaddress /\nlocal stratum 1\n\
+                 allow 127.0.0.0/8\nnoclientlog\npidfile {}\n",
+                dir.join("chronyd.pid").display()
+            ),
+        )
+        .unwrap();
+        let script = format!("exec {chronyd} -x -d -u root -f {}", conf.display());
+        let child = Command::new(capsh)
+            .args(["--drop=cap_sys_time", "--", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chronyd");
+        Chronyd { child, port, dir }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Waits (bounded) until chronyd answers a client request.
+    fn wait_ready(&self) {
+        let sock = client_for(self.addr());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if exchange(&sock, self.addr(), &client_request(4, 42)).is_some() {
+                return;
+            }
+        }
+        panic!("chronyd on port {} never answered", self.port);
+    }
+}
+
+impl Drop for Chronyd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn now_ntp() -> NtpTimestamp {
+    NtpTimestamp::from_unix(fastntp::clock::now())
+}
+
+#[test]
+fn fastntpd_follows_chronyd_at_stratum_2_and_serves_the_system_time() {
+    let (Some(chronyd), Some(capsh)) = (require_tool("chronyd"), require_tool("capsh")) else {
+        return;
+    };
+    let upstream = Chronyd::start(&chronyd, &capsh);
+    upstream.wait_ready();
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[clock]\ndiscipline = \"software\"\n\
+         [[upstream]]\naddress = \"{}\"\niburst = true\nmin-poll = -2\nmax-poll = 0\n",
+        upstream.addr()
+    );
+    let mut server = Fastntpd::start(&config);
+    let line = server.wait_for("synchronized to", Duration::from_secs(20));
+    let took = server.spawned.elapsed();
+    assert!(line.contains(&upstream.addr().to_string()), "{line}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+
+    // Let a few more samples in, then measure served time against the
+    // system clock (they share the host clock: the true offset is 0).
+    std::thread::sleep(Duration::from_secs(3));
+    let sock = client_for(server.addrs[0]);
+    let mut offsets = Vec::new();
+    let mut last = None;
+    for i in 0..200u64 {
+        let t1 = now_ntp();
+        let Some(reply) = exchange(&sock, server.addrs[0], &client_request(4, 0xabc0_0000 + i))
+        else {
+            continue;
+        };
+        let t4 = now_ntp();
+        let h = Header::parse(&reply).unwrap();
+        offsets.push((h.receive_ts.diff_secs(t1) + h.transmit_ts.diff_secs(t4)) / 2.0);
+        last = Some(h);
+    }
+    let h = last.expect("fastntpd answered");
+    assert_eq!(h.stratum, 2);
+    assert_eq!(h.reference_id, RefId([127, 0, 0, 1]));
+    assert_eq!(h.leap, LeapIndicator::NoWarning);
+    offsets.sort_by(f64::total_cmp);
+    let p50 = offsets[offsets.len() / 2];
+    let p90 = offsets[offsets.len() * 9 / 10];
+    eprintln!(
+        "{line}\nstratum 2 after {took:?}; served minus system time over {} exchanges: \
+         p50 {:+.2} µs, p90 {:+.2} µs",
+        offsets.len(),
+        p50 * 1e6,
+        p90 * 1e6
+    );
+    assert!(
+        p50.abs() < 50e-6,
+        "served time is {p50} s off the system clock (median)"
+    );
+    server.stop();
+}
