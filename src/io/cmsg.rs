@@ -42,8 +42,12 @@ pub const fn space(len: usize) -> usize {
 pub const RECV_CONTROL_LEN: usize =
     space(3 * TIMESPEC_LEN) + space(IN6_PKTINFO_LEN) + space(4) + 64;
 
-/// Control buffer size of a reply (one packet-info message).
-pub const SEND_CONTROL_LEN: usize = space(IN6_PKTINFO_LEN);
+/// Data of an `SO_TIMESTAMPING` request on one datagram: the flags (u32).
+const TSFLAGS_LEN: usize = 4;
+
+/// Control buffer size of a reply: a packet-info message and, on a sampled
+/// reply, a request for its transmit timestamp.
+pub const SEND_CONTROL_LEN: usize = space(IN6_PKTINFO_LEN) + space(TSFLAGS_LEN);
 
 /// The local end of a request, as packet info reports it; used as the
 /// source of the reply.
@@ -219,6 +223,24 @@ pub fn parse_tx_timestamp(control: &[u8]) -> Option<TxTimestamp> {
         id,
         kind,
     })
+}
+
+/// Appends, after the `len` bytes already in `out`, a request for a kernel
+/// software transmit timestamp of this one datagram (it comes back on the
+/// socket's error queue; see [`parse_tx_timestamp`]). Returns the new
+/// length.
+pub fn append_tx_timestamp_request(out: &mut [u8; SEND_CONTROL_LEN], len: usize) -> usize {
+    let at = len.min(SEND_CONTROL_LEN - space(TSFLAGS_LEN));
+    write_header(
+        &mut out[at..],
+        TSFLAGS_LEN,
+        libc::SOL_SOCKET,
+        libc::SO_TIMESTAMPING,
+    );
+    let data = at + align(HDR_LEN);
+    let flags = libc::SOF_TIMESTAMPING_TX_SOFTWARE;
+    out[data..data + TSFLAGS_LEN].copy_from_slice(&flags.to_ne_bytes());
+    at + space(TSFLAGS_LEN)
 }
 
 fn write_header(out: &mut [u8], data_len: usize, level: i32, kind: i32) {
@@ -402,6 +424,26 @@ mod tests {
         assert_eq!(parse_tx_timestamp(&short), None);
         assert_eq!(parse_tx_timestamp(&[0xff; 64]), None);
         assert_eq!(parse_tx_timestamp(&[]), None);
+    }
+
+    #[test]
+    fn a_timestamp_request_follows_the_source() {
+        let mut out = [0u8; SEND_CONTROL_LEN];
+        let n = write_source(&mut out, &LocalAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+        let total = append_tx_timestamp_request(&mut out, n);
+        assert_eq!(total, n + space(TSFLAGS_LEN));
+        let found: Vec<_> = messages(&out[..total])
+            .map(|(l, t, d)| (l, t, d.len()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (libc::IPPROTO_IP, libc::IP_PKTINFO, IN_PKTINFO_LEN),
+                (libc::SOL_SOCKET, libc::SO_TIMESTAMPING, TSFLAGS_LEN)
+            ]
+        );
+        // Alone, it starts the buffer.
+        assert_eq!(append_tx_timestamp_request(&mut out, 0), space(TSFLAGS_LEN));
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::cmsg::{self, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
-use super::socket::ListenSocket;
+use super::socket::{self, ListenSocket};
+use super::txtime::{SendPath, SendProbe};
 use super::worker::{Datagram, Worker};
 use crate::clock;
 use crate::proto::HEADER_LEN;
@@ -168,6 +169,17 @@ impl MmsgBatch {
         s.msg_controllen = control_len as _;
     }
 
+    /// Makes queued reply `slot` ask for its kernel transmit timestamp.
+    fn request_tx_timestamp(&mut self, slot: usize) {
+        let control = &mut self.send_control[slot].0;
+        let s = &mut self.send_hdr[slot].msg_hdr;
+        // msg_controllen is size_t on glibc but socklen_t on musl.
+        #[allow(clippy::unnecessary_cast)]
+        let len = cmsg::append_tx_timestamp_request(control, s.msg_controllen as usize);
+        s.msg_control = control.as_mut_ptr().cast();
+        s.msg_controllen = len as _;
+    }
+
     /// Sends the first `count` queued replies; returns how many failed and
     /// the last error. A failure of one reply (e.g. a firewall refusing one
     /// destination) skips just that reply; a full send buffer fails the rest.
@@ -265,14 +277,23 @@ fn serve_batch(
     }
     worker.begin_batch();
     let queued = batch.answer_all(n, sock.wildcard, |dgram, reply| worker.handle(dgram, reply));
+    let sample = queued > 0 && worker.tx_sample_due();
+    if sample {
+        batch.request_tx_timestamp(0);
+    }
     let t0 = clock::now();
     for (position, reply) in batch.replies[..queued].iter_mut().enumerate() {
-        worker.stamp_transmit(reply, t0, position);
+        worker.stamp_transmit(reply, SendPath::Direct, t0, position);
     }
     let started = Instant::now();
     let (failed, errno) = batch.send(sock.fd(), queued);
     if failed == 0 {
         worker.observe_sends(queued, started.elapsed());
+    }
+    if sample {
+        if let Some(departed) = socket::take_tx_timestamp(sock.fd()) {
+            worker.observe_departure(SendPath::Direct, t0, departed, SendProbe::MMSG);
+        }
     }
     worker.note_send_failures(failed, errno);
     worker.end_batch();

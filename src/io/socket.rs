@@ -10,9 +10,11 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::proto::UnixTime;
+
 /// Receive buffer asked for (the kernel doubles it). Small buffers drop
 /// datagrams during sub-millisecond stalls at high rates.
-const RECV_BUFFER: usize = 4 << 20;
+const RECV_BUFFER: usize = 32 << 20;
 /// Send buffer asked for.
 const SEND_BUFFER: usize = 1 << 20;
 
@@ -52,7 +54,7 @@ pub enum SocketError {
     },
     /// Someone else holds the port.
     #[error(
-        "cannot bind {addr}: address already in use. Is another NTP server (chronyd, ntpd) \
+        "cannot bind {addr}: address already in use. Is another NTP server (chronyd, ntpd, fastntpd) \
          running? Stop it or change `[server] listen`"
     )]
     AddressInUse {
@@ -98,6 +100,9 @@ pub fn bind_group(
     count: usize,
     opts: SocketOptions,
 ) -> Result<Vec<ListenSocket>, SocketError> {
+    if addr.port() != 0 {
+        ensure_unused(addr)?;
+    }
     let mut group = Vec::with_capacity(count);
     let mut target = addr;
     for _ in 0..count {
@@ -106,6 +111,34 @@ pub fn bind_group(
         group.push(sock);
     }
     Ok(group)
+}
+
+/// `SO_REUSEPORT` would let this process join sockets another process
+/// (of the same user) already has on `addr` and silently split the traffic
+/// with it, e.g. a second fastntpd started by mistake. A plain bind, which
+/// the kernel refuses while anything holds the address, rules that out.
+fn ensure_unused(addr: SocketAddr) -> Result<(), SocketError> {
+    let probe =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EAFNOSUPPORT) => SocketError::FamilyNotSupported { addr },
+                _ => SocketError::Other {
+                    addr,
+                    what: "socket",
+                    source: e,
+                },
+            }
+        })?;
+    if addr.is_ipv6() {
+        probe
+            .set_only_v6(true)
+            .map_err(|source| SocketError::Other {
+                addr,
+                what: "IPV6_V6ONLY",
+                source,
+            })?;
+    }
+    probe.bind(&addr.into()).map_err(|e| bind_error(addr, e))
 }
 
 fn bind_one(addr: SocketAddr, opts: SocketOptions) -> Result<ListenSocket, SocketError> {
@@ -127,7 +160,12 @@ fn bind_one(addr: SocketAddr, opts: SocketOptions) -> Result<ListenSocket, Socke
     set_buffer(&socket, libc::SO_RCVBUFFORCE, RECV_BUFFER).map_err(step("SO_RCVBUF"))?;
     set_buffer(&socket, libc::SO_SNDBUFFORCE, SEND_BUFFER).map_err(step("SO_SNDBUF"))?;
     if opts.timestamps {
-        let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+        // RX stamps on every datagram; TX stamps only where a reply asks
+        // for one (see `cmsg::append_tx_timestamp_request`), returned
+        // without the packet.
+        let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE
+            | libc::SOF_TIMESTAMPING_SOFTWARE
+            | libc::SOF_TIMESTAMPING_OPT_TSONLY;
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32)
             .map_err(step("SO_TIMESTAMPING"))?;
     }
@@ -138,14 +176,7 @@ fn bind_one(addr: SocketAddr, opts: SocketOptions) -> Result<ListenSocket, Socke
         };
         setsockopt_int(fd, level, name, 1).map_err(step("packet info"))?;
     }
-    socket
-        .bind(&addr.into())
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EACCES) | Some(libc::EPERM) => SocketError::PermissionDenied { addr },
-            Some(libc::EADDRINUSE) => SocketError::AddressInUse { addr },
-            Some(libc::EADDRNOTAVAIL) => SocketError::AddressNotAvailable { addr },
-            _ => step("bind")(e),
-        })?;
+    socket.bind(&addr.into()).map_err(|e| bind_error(addr, e))?;
     let local = socket
         .local_addr()
         .map_err(step("getsockname"))?
@@ -156,6 +187,20 @@ fn bind_one(addr: SocketAddr, opts: SocketOptions) -> Result<ListenSocket, Socke
         local,
         wildcard,
     })
+}
+
+/// Maps a failed `bind` to the error an operator can act on.
+fn bind_error(addr: SocketAddr, e: io::Error) -> SocketError {
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => SocketError::PermissionDenied { addr },
+        Some(libc::EADDRINUSE) => SocketError::AddressInUse { addr },
+        Some(libc::EADDRNOTAVAIL) => SocketError::AddressNotAvailable { addr },
+        _ => SocketError::Other {
+            addr,
+            what: "bind",
+            source: e,
+        },
+    }
 }
 
 /// Sets a buffer size, forcing past `rmem_max`/`wmem_max` when privileged.
@@ -189,6 +234,43 @@ pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Resul
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Drains the error queue of `fd` without blocking and returns the last
+/// kernel transmit timestamp found there (see
+/// [`cmsg::append_tx_timestamp_request`](super::cmsg::append_tx_timestamp_request)).
+pub fn take_tx_timestamp(fd: RawFd) -> Option<UnixTime> {
+    let mut last = None;
+    // A few reads at most: one timestamp is requested at a time.
+    for _ in 0..8 {
+        let mut data = [0u8; 64];
+        let mut control = [0u64; super::cmsg::ERRQUEUE_CONTROL_LEN.div_ceil(8)];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: all-zero is a valid msghdr; the pointers set below point
+        // at buffers of this frame that outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: `msg` describes buffers owned by this frame.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            break;
+        }
+        // msg_controllen is size_t on glibc but socklen_t on musl.
+        #[allow(clippy::unnecessary_cast)]
+        let len = (msg.msg_controllen as usize).min(std::mem::size_of_val(&control));
+        // SAFETY: `control` is plain memory of at least `len` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), len) };
+        if let Some(tx) = super::cmsg::parse_tx_timestamp(bytes) {
+            last = Some(tx.stamp);
+        }
+    }
+    last
 }
 
 /// Index of the drop count in `SO_MEMINFO`'s array (`SK_MEMINFO_DROPS`).
@@ -273,6 +355,18 @@ mod tests {
     }
 
     #[test]
+    fn a_port_another_server_holds_with_reuseport_is_not_silently_shared() {
+        let first = bind_group(
+            "127.0.0.1:0".parse().unwrap(),
+            2,
+            SocketOptions { timestamps: false },
+        )
+        .unwrap();
+        let err = bind_group(first[0].local, 2, SocketOptions { timestamps: false }).unwrap_err();
+        assert!(matches!(err, SocketError::AddressInUse { .. }), "{err}");
+    }
+
+    #[test]
     fn a_port_held_without_reuseport_is_reported_as_in_use() {
         let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = holder.local_addr().unwrap();
@@ -298,6 +392,45 @@ mod tests {
             client.send_to(&[0u8; 512], sock.local).unwrap();
         }
         assert!(kernel_drops(&sock.socket).unwrap() > 100);
+    }
+
+    #[test]
+    fn a_requested_transmit_timestamp_comes_back() {
+        let group = bind_group(
+            "127.0.0.1:0".parse().unwrap(),
+            1,
+            SocketOptions { timestamps: true },
+        )
+        .unwrap();
+        let sock = &group[0];
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut control = [0u8; super::super::cmsg::SEND_CONTROL_LEN];
+        let len = super::super::cmsg::append_tx_timestamp_request(&mut control, 0);
+        let before = crate::clock::now();
+        let dest: socket2::SockAddr = peer.local_addr().unwrap().into();
+        let payload = [7u8; 48];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut _,
+            iov_len: payload.len(),
+        };
+        // SAFETY: all-zero is a valid msghdr; pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = dest.as_ptr() as *mut _;
+        msg.msg_namelen = dest.len();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = len as _;
+        // SAFETY: `msg` describes buffers of this frame.
+        assert_eq!(unsafe { libc::sendmsg(sock.fd(), &msg, 0) }, 48);
+        let stamp = take_tx_timestamp(sock.fd()).expect("a transmit timestamp");
+        let after = crate::clock::now();
+        assert!(
+            stamp >= before && stamp <= after,
+            "{before:?} {stamp:?} {after:?}"
+        );
+        // One request, one timestamp.
+        assert_eq!(take_tx_timestamp(sock.fd()), None);
     }
 
     #[test]

@@ -27,10 +27,11 @@ use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec}
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::cmsg::{self, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
-use super::socket::ListenSocket;
+use super::socket::{self, ListenSocket};
+use super::txtime::{SendPath, SendProbe};
 use super::worker::{Datagram, Worker};
 use crate::clock;
-use crate::proto::HEADER_LEN;
+use crate::proto::{UnixTime, HEADER_LEN};
 
 /// Provided receive buffers per worker (a power of two). Buffers go back to
 /// the ring within the batch that used them, so this bounds one batch.
@@ -241,6 +242,9 @@ struct UringWorker<'a> {
     pending: Vec<(u32, u32)>,
     /// The last batch was big: do not linger waiting for the next.
     busy: bool,
+    /// A reply that asked for its transmit timestamp and has not been read
+    /// back yet: its path, its batch's stamping time, its socket.
+    tx_sample: Option<(SendPath, UnixTime, i32)>,
 }
 
 /// Pushes an entry, submitting first if the queue is full.
@@ -278,6 +282,7 @@ impl<'a> UringWorker<'a> {
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
             pending: Vec::with_capacity(SEND_SLOTS),
             busy: false,
+            tx_sample: None,
         })
     }
 
@@ -305,8 +310,18 @@ impl<'a> UringWorker<'a> {
     /// estimate are submitted right away in a call of their own, which is
     /// timed; smaller ones go out with the next wait.
     fn send_replies(&mut self, worker: &mut Worker) -> io::Result<()> {
-        if self.pending.is_empty() {
+        let Some(&(first, first_sock)) = self.pending.first() else {
             return Ok(());
+        };
+        let sends = self.pending.len();
+        let path = if sends >= TIMED_SUBMIT_MIN {
+            SendPath::Direct
+        } else {
+            SendPath::WithWait
+        };
+        let sample = worker.tx_sample_due();
+        if sample {
+            self.request_tx_timestamp(first as usize);
         }
         for &(slot, sock) in &self.pending {
             let s = slot as usize;
@@ -330,16 +345,41 @@ impl<'a> UringWorker<'a> {
         // go in last, in a tight loop right before the submission.
         let t0 = clock::now();
         for (position, &(slot, _)) in self.pending.iter().enumerate() {
-            worker.stamp_transmit(&mut self.slots.reply[slot as usize], t0, position);
+            worker.stamp_transmit(&mut self.slots.reply[slot as usize], path, t0, position);
         }
-        let sends = self.pending.len();
         self.pending.clear();
-        if sends >= TIMED_SUBMIT_MIN {
+        if sample {
+            self.tx_sample = Some((path, t0, self.sockets[first_sock as usize].fd()));
+        }
+        if path == SendPath::Direct {
             let started = Instant::now();
             self.ring.submit()?;
             worker.observe_sends(sends, started.elapsed());
+            self.take_tx_sample(worker);
         }
         Ok(())
+    }
+
+    /// Makes the reply in send slot `s` ask for its kernel transmit
+    /// timestamp (which needs a message header, so it goes as SendMsg).
+    fn request_tx_timestamp(&mut self, s: usize) {
+        let control = &mut self.slots.control[s].0;
+        let hdr = &mut self.slots.hdr[s];
+        // msg_controllen is size_t on glibc but socklen_t on musl.
+        #[allow(clippy::unnecessary_cast)]
+        let len = cmsg::append_tx_timestamp_request(control, hdr.msg_controllen as usize);
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = len as _;
+    }
+
+    /// Once the sampled reply has gone out, learns the lead from its kernel
+    /// transmit timestamp.
+    fn take_tx_sample(&mut self, worker: &mut Worker) {
+        if let Some((path, t0, fd)) = self.tx_sample.take() {
+            if let Some(departed) = socket::take_tx_timestamp(fd) {
+                worker.observe_departure(path, t0, departed, SendProbe::IO_URING);
+            }
+        }
     }
 
     /// Submits queued entries and waits for completions (or the idle
@@ -481,6 +521,7 @@ pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -
     uw.arm_receives(worker, true)?;
     while !stop.load(Ordering::Relaxed) {
         uw.submit_and_wait()?;
+        uw.take_tx_sample(worker);
         uw.drain(worker)?;
         uw.arm_receives(worker, false)?;
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::counters::{Counters, SharedCounters};
-use super::txtime::TxSchedule;
+use super::txtime::{SendPath, TxSchedule};
 use crate::clock;
 use crate::proto::{self, DropReason, ServerState, UnixTime, Verdict, HEADER_LEN};
 use crate::snapshot;
@@ -28,7 +28,12 @@ pub struct Worker {
     /// replaced by [`Worker::stamp_transmit`] just before sending.
     provisional_tx: UnixTime,
     tx_schedule: TxSchedule,
+    /// When the next transmit-timestamp sample is due.
+    next_tx_sample: UnixTime,
 }
+
+/// How often one reply is sampled for its kernel transmit timestamp.
+const TX_SAMPLE_INTERVAL_NANOS: u32 = 100_000_000;
 
 /// Send failures are logged at most this often (they are always counted).
 const SEND_WARNING_INTERVAL: Duration = Duration::from_secs(60);
@@ -63,6 +68,7 @@ impl Worker {
             last_send_warning: None,
             provisional_tx: UnixTime::default(),
             tx_schedule: TxSchedule::default(),
+            next_tx_sample: UnixTime::default(),
         }
     }
 
@@ -127,12 +133,46 @@ impl Worker {
         }
     }
 
-    /// Stamps the reply at `position` of a batch whose send call is about to
-    /// start at `t0` with its predicted departure (see [`TxSchedule`]).
-    /// Every reply from [`Worker::handle`] must pass through here before it
-    /// is sent.
-    pub fn stamp_transmit(&self, reply: &mut [u8; HEADER_LEN], t0: UnixTime, position: usize) {
-        proto::restamp_transmit(reply, &self.state, self.tx_schedule.departure(t0, position));
+    /// Stamps the reply at `position` of a batch stamped at `t0` and sent
+    /// by `path` with its predicted departure (see [`TxSchedule`]). Every
+    /// reply from [`Worker::handle`] must pass through here before it is
+    /// sent.
+    pub fn stamp_transmit(
+        &self,
+        reply: &mut [u8; HEADER_LEN],
+        path: SendPath,
+        t0: UnixTime,
+        position: usize,
+    ) {
+        let departure = self.tx_schedule.departure(path, t0, position);
+        proto::restamp_transmit(reply, &self.state, departure);
+    }
+
+    /// Whether this batch's first reply should ask for its kernel transmit
+    /// timestamp (a few times a second, when kernel timestamps are on).
+    pub fn tx_sample_due(&mut self) -> bool {
+        if !self.expect_stamps || self.provisional_tx < self.next_tx_sample {
+            return false;
+        }
+        let t = self.provisional_tx;
+        self.next_tx_sample =
+            UnixTime::new(t.secs, t.nanos.saturating_add(TX_SAMPLE_INTERVAL_NANOS));
+        true
+    }
+
+    /// Learns the lead of `path` from a batch stamped at `t0` whose first
+    /// reply's kernel transmit timestamp was `departed`; `probe_cost` is
+    /// what asking for the timestamp cost that reply (see
+    /// [`SendProbe`](super::txtime::SendProbe)).
+    pub fn observe_departure(
+        &mut self,
+        path: SendPath,
+        t0: UnixTime,
+        departed: UnixTime,
+        probe_cost: Duration,
+    ) {
+        self.tx_schedule
+            .observe_lead(path, t0, departed, probe_cost);
     }
 
     /// Learns how long sends take from a call that sent `sends` replies in
