@@ -5,11 +5,10 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use super::cmsg::{self, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::socket::{self, ListenSocket};
-use super::txtime::{SendPath, SendProbe};
+use super::txtime::{SendProbe, SEND_CHUNK};
 use super::worker::{Datagram, Worker};
 use crate::clock;
 use crate::proto::HEADER_LEN;
@@ -180,11 +179,11 @@ impl MmsgBatch {
         s.msg_controllen = len as _;
     }
 
-    /// Sends the first `count` queued replies; returns how many failed and
-    /// the last error. A failure of one reply (e.g. a firewall refusing one
+    /// Sends queued replies `range`; returns how many failed and the last
+    /// error. A failure of one reply (e.g. a firewall refusing one
     /// destination) skips just that reply; a full send buffer fails the rest.
-    fn send(&mut self, fd: i32, count: usize) -> (u64, i32) {
-        let mut done = 0;
+    fn send(&mut self, fd: i32, range: std::ops::Range<usize>) -> (u64, i32) {
+        let (mut done, count) = (range.start, range.end);
         let mut failed = 0;
         let mut errno = 0;
         while done < count {
@@ -277,25 +276,27 @@ fn serve_batch(
     }
     worker.begin_batch();
     let queued = batch.answer_all(n, sock.wildcard, |dgram, reply| worker.handle(dgram, reply));
-    let sample = queued > 0 && worker.tx_sample_due();
-    if sample {
-        batch.request_tx_timestamp(0);
-    }
-    let t0 = clock::now();
-    for (position, reply) in batch.replies[..queued].iter_mut().enumerate() {
-        worker.stamp_transmit(reply, SendPath::Direct, t0, position);
-    }
-    let started = Instant::now();
-    let (failed, errno) = batch.send(sock.fd(), queued);
-    if failed == 0 {
-        worker.observe_sends(queued, started.elapsed());
-    }
-    if sample {
-        if let Some(departed) = socket::take_tx_timestamp(sock.fd()) {
-            worker.observe_departure(SendPath::Direct, t0, departed, SendProbe::MMSG);
+    // In chunks, each stamped just before it goes (see SEND_CHUNK).
+    let mut start = 0;
+    while start < queued {
+        let end = (start + SEND_CHUNK).min(queued);
+        let probe = worker.tx_probe_due(end - start);
+        if let Some(p) = probe {
+            batch.request_tx_timestamp(start + p.position());
         }
+        let t0 = clock::now();
+        for (position, reply) in batch.replies[start..end].iter_mut().enumerate() {
+            worker.stamp_transmit(reply, t0, position);
+        }
+        let (failed, errno) = batch.send(sock.fd(), start..end);
+        worker.note_send_failures(failed, errno);
+        if let (Some(p), 0) = (probe, failed) {
+            if let Some(departed) = socket::take_tx_timestamp(sock.fd()) {
+                worker.observe_departure(p, t0, departed, SendProbe::MMSG);
+            }
+        }
+        start = end;
     }
-    worker.note_send_failures(failed, errno);
     worker.end_batch();
     Ok(n)
 }

@@ -21,14 +21,13 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::time::Instant;
 
 use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::cmsg::{self, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::socket::{self, ListenSocket};
-use super::txtime::{SendPath, SendProbe};
+use super::txtime::{Probe, SendProbe, SEND_CHUNK};
 use super::worker::{Datagram, Worker};
 use crate::clock;
 use crate::proto::{UnixTime, HEADER_LEN};
@@ -60,9 +59,6 @@ const BUSY_COMPLETIONS: usize = 16;
 /// Longest wait before re-checking the stop flag.
 const IDLE_WAIT_NSEC: u32 = 100_000_000;
 const BUFFER_GROUP: u16 = 0;
-/// Batches of at least this many replies are submitted (and timed) on
-/// their own; smaller ones ride along with the next wait.
-const TIMED_SUBMIT_MIN: usize = 8;
 
 /// `user_data` tags: the kind in the top bits, an index below.
 const TAG_RECV: u64 = 1 << 32;
@@ -242,9 +238,9 @@ struct UringWorker<'a> {
     pending: Vec<(u32, u32)>,
     /// The last batch was big: do not linger waiting for the next.
     busy: bool,
-    /// A reply that asked for its transmit timestamp and has not been read
-    /// back yet: its path, its batch's stamping time, its socket.
-    tx_sample: Option<(SendPath, UnixTime, i32)>,
+    /// A reply that asked for its transmit timestamp, not read back yet:
+    /// which one, its chunk's stamping time, its socket.
+    tx_sample: Option<(Probe, UnixTime, i32)>,
 }
 
 /// Pushes an entry, submitting first if the queue is full.
@@ -306,58 +302,66 @@ impl<'a> UringWorker<'a> {
     }
 
     /// Stamps this batch's replies with their predicted departures and
-    /// queues their sends. Batches big enough to teach the send-cost
-    /// estimate are submitted right away in a call of their own, which is
-    /// timed; smaller ones go out with the next wait.
+    /// sends them, in chunks of at most [`SEND_CHUNK`], each stamped just
+    /// before it goes: all but the last are submitted at once, the last
+    /// goes out with the next wait for completions. A small batch costs no
+    /// system call of its own.
     fn send_replies(&mut self, worker: &mut Worker) -> io::Result<()> {
-        let Some(&(first, first_sock)) = self.pending.first() else {
-            return Ok(());
-        };
         let sends = self.pending.len();
-        let path = if sends >= TIMED_SUBMIT_MIN {
-            SendPath::Direct
-        } else {
-            SendPath::WithWait
-        };
-        let sample = worker.tx_sample_due();
-        if sample {
-            self.request_tx_timestamp(first as usize);
-        }
-        for &(slot, sock) in &self.pending {
-            let s = slot as usize;
-            let hdr = &self.slots.hdr[s];
-            // Packet info needs a message header; otherwise a plain send
-            // with a destination spares the kernel copying one in.
-            let entry = if hdr.msg_controllen == 0 {
-                opcode::Send::new(Fixed(sock), self.slots.reply[s].as_ptr(), HEADER_LEN as u32)
-                    .dest_addr(self.slots.name[s].as_ptr().cast())
-                    .dest_addr_len(hdr.msg_namelen)
-                    .flags(libc::MSG_DONTWAIT)
-                    .build()
-            } else {
-                opcode::SendMsg::new(Fixed(sock), hdr)
-                    .flags(libc::MSG_DONTWAIT as u32)
-                    .build()
+        let mut start = 0;
+        while start < sends {
+            let end = (start + SEND_CHUNK).min(sends);
+            // One probe at a time: the error queue must hold just its stamp.
+            let probe = match self.tx_sample {
+                None => worker.tx_probe_due(end - start),
+                Some(_) => None,
             };
-            push(&mut self.ring, &entry.user_data(TAG_SEND | slot as u64))?;
-        }
-        // The kernel reads a reply only when its send runs, so the stamps
-        // go in last, in a tight loop right before the submission.
-        let t0 = clock::now();
-        for (position, &(slot, _)) in self.pending.iter().enumerate() {
-            worker.stamp_transmit(&mut self.slots.reply[slot as usize], path, t0, position);
+            if let Some(p) = probe {
+                let (slot, _) = self.pending[start + p.position()];
+                self.request_tx_timestamp(slot as usize);
+            }
+            for i in start..end {
+                let (slot, sock) = self.pending[i];
+                self.push_send(slot, sock)?;
+            }
+            // The kernel reads a reply only when its send runs, so the
+            // stamps go in last, in a tight loop right before submission.
+            let t0 = clock::now();
+            for (position, i) in (start..end).enumerate() {
+                let slot = self.pending[i].0 as usize;
+                worker.stamp_transmit(&mut self.slots.reply[slot], t0, position);
+            }
+            if let Some(p) = probe {
+                let (_, sock) = self.pending[start + p.position()];
+                self.tx_sample = Some((p, t0, self.sockets[sock as usize].fd()));
+            }
+            if end < sends {
+                self.ring.submit()?;
+            }
+            start = end;
         }
         self.pending.clear();
-        if sample {
-            self.tx_sample = Some((path, t0, self.sockets[first_sock as usize].fd()));
-        }
-        if path == SendPath::Direct {
-            let started = Instant::now();
-            self.ring.submit()?;
-            worker.observe_sends(sends, started.elapsed());
-            self.take_tx_sample(worker);
-        }
         Ok(())
+    }
+
+    /// Queues the send of the reply in `slot` through socket `sock`.
+    fn push_send(&mut self, slot: u32, sock: u32) -> io::Result<()> {
+        let s = slot as usize;
+        let hdr = &self.slots.hdr[s];
+        // Packet info needs a message header; otherwise a plain send with a
+        // destination spares the kernel copying one in.
+        let entry = if hdr.msg_controllen == 0 {
+            opcode::Send::new(Fixed(sock), self.slots.reply[s].as_ptr(), HEADER_LEN as u32)
+                .dest_addr(self.slots.name[s].as_ptr().cast())
+                .dest_addr_len(hdr.msg_namelen)
+                .flags(libc::MSG_DONTWAIT)
+                .build()
+        } else {
+            opcode::SendMsg::new(Fixed(sock), hdr)
+                .flags(libc::MSG_DONTWAIT as u32)
+                .build()
+        };
+        push(&mut self.ring, &entry.user_data(TAG_SEND | slot as u64))
     }
 
     /// Makes the reply in send slot `s` ask for its kernel transmit
@@ -372,12 +376,12 @@ impl<'a> UringWorker<'a> {
         hdr.msg_controllen = len as _;
     }
 
-    /// Once the sampled reply has gone out, learns the lead from its kernel
-    /// transmit timestamp.
+    /// Once the probed reply has gone out, learns from its kernel transmit
+    /// timestamp.
     fn take_tx_sample(&mut self, worker: &mut Worker) {
-        if let Some((path, t0, fd)) = self.tx_sample.take() {
+        if let Some((probe, t0, fd)) = self.tx_sample.take() {
             if let Some(departed) = socket::take_tx_timestamp(fd) {
-                worker.observe_departure(path, t0, departed, SendProbe::IO_URING);
+                worker.observe_departure(probe, t0, departed, SendProbe::IO_URING);
             }
         }
     }

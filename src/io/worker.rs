@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::counters::{Counters, SharedCounters};
-use super::txtime::{SendPath, TxSchedule};
+use super::txtime::{Probe, TxSchedule};
 use crate::clock;
 use crate::proto::{self, DropReason, ServerState, UnixTime, Verdict, HEADER_LEN};
 use crate::snapshot;
@@ -133,52 +133,38 @@ impl Worker {
         }
     }
 
-    /// Stamps the reply at `position` of a batch stamped at `t0` and sent
-    /// by `path` with its predicted departure (see [`TxSchedule`]). Every
-    /// reply from [`Worker::handle`] must pass through here before it is
-    /// sent.
-    pub fn stamp_transmit(
-        &self,
-        reply: &mut [u8; HEADER_LEN],
-        path: SendPath,
-        t0: UnixTime,
-        position: usize,
-    ) {
-        let departure = self.tx_schedule.departure(path, t0, position);
+    /// Stamps the reply at `position` of a batch stamped at `t0` with its
+    /// predicted departure (see [`TxSchedule`]). Every reply from
+    /// [`Worker::handle`] must pass through here before it is sent.
+    pub fn stamp_transmit(&self, reply: &mut [u8; HEADER_LEN], t0: UnixTime, position: usize) {
+        let departure = self.tx_schedule.departure(t0, position);
         proto::restamp_transmit(reply, &self.state, departure);
     }
 
-    /// Whether this batch's first reply should ask for its kernel transmit
-    /// timestamp (a few times a second, when kernel timestamps are on).
-    pub fn tx_sample_due(&mut self) -> bool {
-        if !self.expect_stamps || self.provisional_tx < self.next_tx_sample {
-            return false;
+    /// Which reply of a chunk of `len` replies should ask for its kernel
+    /// transmit timestamp, if one should (a few times a second, when kernel
+    /// timestamps are on).
+    pub fn tx_probe_due(&mut self, len: usize) -> Option<Probe> {
+        if len == 0 || !self.expect_stamps || self.provisional_tx < self.next_tx_sample {
+            return None;
         }
         let t = self.provisional_tx;
         self.next_tx_sample =
             UnixTime::new(t.secs, t.nanos.saturating_add(TX_SAMPLE_INTERVAL_NANOS));
-        true
+        Some(self.tx_schedule.next_probe(len))
     }
 
-    /// Learns the lead of `path` from a batch stamped at `t0` whose first
-    /// reply's kernel transmit timestamp was `departed`; `probe_cost` is
-    /// what asking for the timestamp cost that reply (see
-    /// [`SendProbe`](super::txtime::SendProbe)).
+    /// Learns from `probe`, the reply of a chunk stamped at `t0` that left
+    /// at `departed`; `probe_cost` is what asking for the timestamp cost it
+    /// (see [`SendProbe`](super::txtime::SendProbe)).
     pub fn observe_departure(
         &mut self,
-        path: SendPath,
+        probe: Probe,
         t0: UnixTime,
         departed: UnixTime,
         probe_cost: Duration,
     ) {
-        self.tx_schedule
-            .observe_lead(path, t0, departed, probe_cost);
-    }
-
-    /// Learns how long sends take from a call that sent `sends` replies in
-    /// `elapsed`.
-    pub fn observe_sends(&mut self, sends: usize, elapsed: Duration) {
-        self.tx_schedule.observe(sends, elapsed);
+        self.tx_schedule.observe(probe, t0, departed, probe_cost);
     }
 
     /// A multishot receive ended and is being re-armed.
