@@ -112,6 +112,14 @@ impl Publisher {
 }
 
 impl Reader {
+    /// A number that changes whenever a new state is published: a reader
+    /// that kept the state it loaded with an older version knows it is
+    /// current while the version stays the same (one load instead of a
+    /// copy and decode).
+    pub fn version(&self) -> u64 {
+        self.cell.seq.load(Ordering::Acquire)
+    }
+
     /// The latest published state. Retries only while a publish is in
     /// flight, which takes nanoseconds and happens rarely.
     pub fn load(&self) -> ServerState {
@@ -176,6 +184,15 @@ mod tests {
         publisher.publish(&state(2));
         assert_eq!(reader.load(), state(2));
         assert_eq!(publisher.reader().load(), state(2));
+    }
+
+    #[test]
+    fn the_version_changes_with_every_publish() {
+        let (mut publisher, reader) = new(&state(1));
+        let v1 = reader.version();
+        assert_eq!(reader.version(), v1);
+        publisher.publish(&state(2));
+        assert_ne!(reader.version(), v1);
     }
 
     #[test]

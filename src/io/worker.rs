@@ -24,9 +24,10 @@ pub struct Worker {
     shared: Arc<SharedCounters>,
     /// When a send failure was last logged.
     last_send_warning: Option<Instant>,
-    /// Provisional transmit time of this batch's replies (its start);
-    /// replaced by [`Worker::stamp_transmit`] just before sending.
-    provisional_tx: UnixTime,
+    /// Snapshot version `state` was loaded at.
+    version: u64,
+    /// The `t0` of the last chunk stamped (paces the transmit probes).
+    last_t0: UnixTime,
     tx_schedule: TxSchedule,
     /// When the next transmit-timestamp sample is due.
     next_tx_sample: UnixTime,
@@ -58,6 +59,7 @@ impl Worker {
         expect_stamps: bool,
         shared: Arc<SharedCounters>,
     ) -> Self {
+        let version = snapshot.version();
         let state = snapshot.load();
         Worker {
             snapshot,
@@ -66,16 +68,21 @@ impl Worker {
             counters: Counters::default(),
             shared,
             last_send_warning: None,
-            provisional_tx: UnixTime::default(),
+            version,
+            last_t0: UnixTime::default(),
             tx_schedule: TxSchedule::default(),
             next_tx_sample: UnixTime::default(),
         }
     }
 
-    /// Starts a batch: picks up the latest published state.
+    /// Starts a batch: picks up the latest published state, if a new one
+    /// was published.
     pub fn begin_batch(&mut self) {
-        self.state = self.snapshot.load();
-        self.provisional_tx = clock::now();
+        let version = self.snapshot.version();
+        if version != self.version {
+            self.state = self.snapshot.load();
+            self.version = version;
+        }
     }
 
     /// Handles one datagram; returns whether `reply` holds a reply to send.
@@ -94,8 +101,9 @@ impl Worker {
                 clock::now()
             }
         };
-        let provisional = self.provisional_tx;
-        match proto::respond(dgram.payload, received, &self.state, || provisional, reply) {
+        // The transmit time is a placeholder here: every reply is stamped
+        // with its predicted departure before it is sent (stamp_transmit).
+        match proto::respond(dgram.payload, received, &self.state, || received, reply) {
             Verdict::Reply => {
                 self.counters.replied += 1;
                 true
@@ -136,7 +144,8 @@ impl Worker {
     /// Stamps the reply at `position` of a batch stamped at `t0` with its
     /// predicted departure (see [`TxSchedule`]). Every reply from
     /// [`Worker::handle`] must pass through here before it is sent.
-    pub fn stamp_transmit(&self, reply: &mut [u8; HEADER_LEN], t0: UnixTime, position: usize) {
+    pub fn stamp_transmit(&mut self, reply: &mut [u8; HEADER_LEN], t0: UnixTime, position: usize) {
+        self.last_t0 = t0;
         let departure = self.tx_schedule.departure(t0, position);
         proto::restamp_transmit(reply, &self.state, departure);
     }
@@ -145,10 +154,10 @@ impl Worker {
     /// transmit timestamp, if one should (a few times a second, when kernel
     /// timestamps are on).
     pub fn tx_probe_due(&mut self, len: usize) -> Option<Probe> {
-        if len == 0 || !self.expect_stamps || self.provisional_tx < self.next_tx_sample {
+        if len == 0 || !self.expect_stamps || self.last_t0 < self.next_tx_sample {
             return None;
         }
-        let t = self.provisional_tx;
+        let t = self.last_t0;
         self.next_tx_sample =
             UnixTime::new(t.secs, t.nanos.saturating_add(TX_SAMPLE_INTERVAL_NANOS));
         Some(self.tx_schedule.next_probe(len))
