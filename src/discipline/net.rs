@@ -12,16 +12,12 @@ use std::time::Duration;
 
 use crate::clock;
 use crate::io::cmsg;
-use crate::io::socket::setsockopt_int;
+use crate::io::socket::{recv_with_control, setsockopt_int, take_tx_timestamp, ControlBuf};
 use crate::proto::{NtpTimestamp, UnixTime};
 
 /// Largest datagram read from an upstream (anything longer is not a reply
 /// we want, but reading it whole keeps the socket clean).
 pub const MAX_REPLY: usize = 1024;
-
-/// Most error-queue messages read per call (one transmit stamp is
-/// expected; anything else is drained so that it stops waking `poll`).
-const MAX_ERRQUEUE_READS: usize = 4;
 
 /// A request in flight.
 #[derive(Debug)]
@@ -70,85 +66,20 @@ impl Pending {
     /// come back on the error queue. Drains the queue (bounded), so that a
     /// waiting `poll` is not woken by it again.
     pub fn tx_stamp(&self) -> Option<UnixTime> {
-        let mut stamp = None;
-        for _ in 0..MAX_ERRQUEUE_READS {
-            match self.read_error_queue() {
-                Ok(Some(found)) => stamp = found.or(stamp),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        stamp
-    }
-
-    /// One error-queue message: `Ok(Some(stamp))` if one was read (with
-    /// the transmit stamp it carries, if any), `Ok(None)` when empty.
-    fn read_error_queue(&self) -> io::Result<Option<Option<UnixTime>>> {
-        let mut control = [0u64; cmsg::ERRQUEUE_CONTROL_LEN.div_ceil(8)];
-        let mut data = [0u8; 64];
-        let mut iov = libc::iovec {
-            iov_base: data.as_mut_ptr().cast(),
-            iov_len: data.len(),
-        };
-        // SAFETY: an all-zero msghdr is valid (no name, no buffers).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let flags = libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT;
-        // SAFETY: `msg` points at `iov` (over `data`) and `control`, all
-        // live and exclusively borrowed for the duration of the call, with
-        // their true lengths; the kernel writes only within them.
-        let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut msg, flags) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(None),
-                _ => Err(e),
-            };
-        }
-        let control_len = (msg.msg_controllen as usize).min(std::mem::size_of_val(&control));
-        // SAFETY: `control` is a live array of u64; viewing its first
-        // `control_len` (≤ its size) bytes as u8 is always valid.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), control_len) };
-        Ok(Some(cmsg::parse_tx_timestamp(bytes).map(|t| t.stamp)))
+        take_tx_timestamp(self.fd())
     }
 
     /// Reads one datagram if there is one: its length and kernel receive
     /// time (a clock read stands in for a missing stamp). `Ok(None)` when
     /// nothing is queued.
     pub fn recv(&self, buf: &mut [u8; MAX_REPLY]) -> io::Result<Option<(usize, UnixTime)>> {
-        let mut control = [0u64; cmsg::RECV_CONTROL_LEN.div_ceil(8)];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
+        let mut control = ControlBuf::default();
+        let Some((n, bytes)) = recv_with_control(self.fd(), buf, &mut control, libc::MSG_DONTWAIT)?
+        else {
+            return Ok(None);
         };
-        // SAFETY: an all-zero msghdr is valid (no name, no buffers).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        // SAFETY: `msg` points at `iov` (over `buf`) and `control`, all live
-        // and exclusively borrowed for the duration of the call, with their
-        // true lengths; the kernel writes only within them.
-        let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(None),
-                _ => Err(e),
-            };
-        }
-        let received = clock::now();
-        let control_len = (msg.msg_controllen as usize).min(std::mem::size_of_val(&control));
-        // SAFETY: `control` is a live array of u64; viewing its first
-        // `control_len` (≤ its size) bytes as u8 is always valid.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), control_len) };
-        let stamp = cmsg::parse(bytes).rx_stamp.unwrap_or(received);
-        Ok(Some((n as usize, stamp)))
+        let stamp = cmsg::parse(bytes).rx_stamp.unwrap_or_else(clock::now);
+        Ok(Some((n, stamp)))
     }
 
     fn fd(&self) -> i32 {

@@ -236,36 +236,76 @@ pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Resul
     }
 }
 
+/// A control-message buffer for [`recv_with_control`]: room for everything
+/// this crate asks the kernel for on one datagram or one error-queue
+/// message, aligned as the kernel's `cmsghdr`s.
+#[repr(C, align(8))]
+pub struct ControlBuf(pub [u8; CONTROL_BUF_LEN]);
+
+const CONTROL_BUF_LEN: usize = if super::cmsg::RECV_CONTROL_LEN > super::cmsg::ERRQUEUE_CONTROL_LEN
+{
+    super::cmsg::RECV_CONTROL_LEN
+} else {
+    super::cmsg::ERRQUEUE_CONTROL_LEN
+};
+
+impl Default for ControlBuf {
+    fn default() -> Self {
+        ControlBuf([0; CONTROL_BUF_LEN])
+    }
+}
+
+/// One `recvmsg` on `fd` with `flags` (`MSG_DONTWAIT` for non-blocking):
+/// the payload goes to `data`, the control messages to `control`. Returns
+/// the payload length and the control bytes, or `Ok(None)` when nothing is
+/// queued (`EAGAIN`).
+pub fn recv_with_control<'c>(
+    fd: RawFd,
+    data: &mut [u8],
+    control: &'c mut ControlBuf,
+    flags: i32,
+) -> io::Result<Option<(usize, &'c [u8])>> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control.0.len() as _;
+    // SAFETY: `msg` points at `iov` (over `data`) and `control`, both
+    // exclusively borrowed for the call, with their true lengths; the
+    // kernel writes only within them.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // msg_controllen is size_t on glibc but socklen_t on musl.
+    #[allow(clippy::unnecessary_cast)]
+    let len = (msg.msg_controllen as usize).min(control.0.len());
+    Ok(Some((n as usize, &control.0[..len])))
+}
+
 /// Drains the error queue of `fd` without blocking and returns the last
 /// kernel transmit timestamp found there (see
 /// [`cmsg::append_tx_timestamp_request`](super::cmsg::append_tx_timestamp_request)).
+/// At most a few messages are read: one timestamp is expected at a time,
+/// anything else is drained so that it stops waking `poll`.
 pub fn take_tx_timestamp(fd: RawFd) -> Option<UnixTime> {
     let mut stamp = None;
-    // A few reads at most: one timestamp is requested at a time.
+    let mut data = [0u8; 64];
+    let mut control = ControlBuf::default();
     for _ in 0..8 {
-        let mut data = [0u8; 64];
-        let mut control = [0u64; super::cmsg::ERRQUEUE_CONTROL_LEN.div_ceil(8)];
-        let mut iov = libc::iovec {
-            iov_base: data.as_mut_ptr().cast(),
-            iov_len: data.len(),
-        };
-        // SAFETY: all-zero is a valid msghdr; the pointers set below point
-        // at buffers of this frame that outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        // SAFETY: `msg` describes buffers owned by this frame.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
-        if n < 0 {
+        let flags = libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT;
+        let Ok(Some((_, bytes))) = recv_with_control(fd, &mut data, &mut control, flags) else {
             break;
-        }
-        // msg_controllen is size_t on glibc but socklen_t on musl.
-        #[allow(clippy::unnecessary_cast)]
-        let len = (msg.msg_controllen as usize).min(std::mem::size_of_val(&control));
-        // SAFETY: `control` is plain memory of at least `len` bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), len) };
+        };
         if let Some(tx) = super::cmsg::parse_tx_timestamp(bytes) {
             stamp = Some(tx.stamp);
         }

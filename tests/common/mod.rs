@@ -10,33 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-/// Whether we run under `.ci/run` (tools that tests need must be present).
-pub fn in_ci() -> bool {
-    std::env::var_os("FASTNTP_CI").is_some()
-}
-
-/// Path of an external tool, or `None` after printing why the test is
-/// skipped. In CI a missing tool fails the test.
-pub fn require_tool(name: &str) -> Option<String> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .chain(
-                ["/usr/sbin", "/sbin"]
-                    .iter()
-                    .map(|d| std::path::Path::new(d).join(name)),
-            )
-            .find(|p| p.is_file())
-    });
-    match found {
-        Some(p) => Some(p.to_string_lossy().into_owned()),
-        None if in_ci() => panic!("{name} is required in CI (FASTNTP_CI is set) but not installed"),
-        None => {
-            eprintln!("SKIPPED: {name} is not installed (apt-get install chrony)");
-            None
-        }
-    }
-}
+#[path = "../support/tools.rs"]
+mod tools;
+#[allow(unused_imports)] // not every test binary uses both
+pub use tools::{in_ci, require_tool};
 
 /// The I/O backends the integration suite runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,30 +408,13 @@ pub fn stamped_client_for(server: SocketAddr) -> UdpSocket {
 /// Receives one datagram with its kernel receive timestamp (within the
 /// socket's read timeout).
 pub fn recv_stamped(sock: &UdpSocket) -> Option<(Vec<u8>, fastntp::proto::UnixTime)> {
+    use fastntp::io::socket::{recv_with_control, ControlBuf};
     use std::os::fd::AsRawFd;
     let mut buf = [0u8; 2048];
-    let mut control = [0u64; 64];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `msg` describes buffers owned by this frame.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return None;
-    }
-    // SAFETY: the kernel wrote `msg_controllen` bytes of `control`.
-    let control_bytes = unsafe {
-        std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), msg.msg_controllen as usize)
-    };
-    let stamp = fastntp::io::cmsg::parse(control_bytes).rx_stamp?;
-    Some((buf[..n as usize].to_vec(), stamp))
+    let mut control = ControlBuf::default();
+    let (n, bytes) = recv_with_control(sock.as_raw_fd(), &mut buf, &mut control, 0).ok()??;
+    let stamp = fastntp::io::cmsg::parse(bytes).rx_stamp?;
+    Some((buf[..n].to_vec(), stamp))
 }
 
 /// A client request: LI 0, `version`, mode 3, poll 6, the given transmit

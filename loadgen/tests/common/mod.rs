@@ -15,33 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Whether we run under `.ci/run`.
-pub fn in_ci() -> bool {
-    std::env::var_os("FASTNTP_CI").is_some()
-}
-
-/// Path of an external tool, or `None` after printing why the test is
-/// skipped. In CI a missing tool fails the test.
-pub fn require_tool(name: &str) -> Option<String> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .chain(
-                ["/usr/sbin", "/sbin"]
-                    .iter()
-                    .map(|d| Path::new(d).join(name)),
-            )
-            .find(|p| p.is_file())
-    });
-    match found {
-        Some(p) => Some(p.to_string_lossy().into_owned()),
-        None if in_ci() => panic!("{name} is required in CI (FASTNTP_CI is set) but not installed"),
-        None => {
-            eprintln!("SKIPPED: {name} is not installed (apt-get install chrony libcap2-bin)");
-            None
-        }
-    }
-}
+#[path = "../../../tests/support/tools.rs"]
+mod tools;
+#[allow(unused_imports)] // not every test binary uses both
+pub use tools::{in_ci, require_tool};
 
 /// The ntp-loadgen binary under test.
 pub fn loadgen_bin() -> &'static str {
