@@ -349,7 +349,8 @@ mod tests {
     use super::*;
     use crate::config::ClockConfig;
     use crate::discipline::engine::EngineConfig;
-    use crate::proto::{Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, RefId, UnixTime};
+    use crate::discipline::source::test_replies::primary_reply;
+    use crate::proto::{NtpTimestamp, RefId, UnixTime};
 
     #[derive(Clone, Copy, Debug, PartialEq)]
     enum Behaviour {
@@ -419,30 +420,13 @@ mod tests {
         }
 
         fn reply(&self, request: &[u8; 48], behaviour: Behaviour) -> [u8; 48] {
-            let req = Header::parse(request).expect("request parses");
-            let t = self.now().kernel.add_secs(0.005);
-            let mut h = Header {
-                leap: LeapIndicator::NoWarning,
-                version: 4,
-                mode: Mode::Server.to_bits(),
-                stratum: 1,
-                poll: req.poll,
-                precision: -20,
-                root_delay: NtpShort::ZERO,
-                root_dispersion: NtpShort::from_secs_f64(0.0001),
-                reference_id: RefId(*b"GPS\0"),
-                reference_ts: t.add_secs(-10.0),
-                origin_ts: req.transmit_ts,
-                receive_ts: t,
-                transmit_ts: t.add_secs(0.00001),
-            };
-            if behaviour == Behaviour::Deny {
-                h.stratum = 0;
-                h.reference_id = RefId::DENY;
-            }
-            let mut out = [0u8; 48];
-            h.write(&mut out);
-            out
+            let receive = self.now().kernel.add_secs(0.005);
+            primary_reply(request, receive, |h| {
+                if behaviour == Behaviour::Deny {
+                    h.stratum = 0;
+                    h.reference_id = RefId::DENY;
+                }
+            })
         }
 
         /// Replies due by now, to the engine.
