@@ -23,7 +23,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
-use io_uring::{cqueue, opcode, squeue, IoUring};
+use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
 use super::cmsg::{self, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::socket::{self, ListenSocket};
@@ -231,6 +231,12 @@ struct UringWorker<'a> {
     sockets: &'a [ListenSocket],
     rearm: Vec<bool>,
     can_min_wait: bool,
+    /// How `io_uring_enter` waits: for completions, with the extended
+    /// argument (timeout, minimum wait), and where the kernel allows (6.15+)
+    /// without counting the wait as I/O wait. The multishot receive is
+    /// always pending, so an idle worker would otherwise show its core as
+    /// 100 % iowait in `top` and alarm whoever watches it.
+    enter_flags: EnterFlags,
     /// Completions copied out of the ring (capacity = CQ size, so no
     /// allocation after start): user data, result, flags.
     cqes: Vec<(u64, i32, u32)>,
@@ -267,6 +273,10 @@ impl<'a> UringWorker<'a> {
         let fds: Vec<i32> = sockets.iter().map(ListenSocket::fd).collect();
         ring.submitter().register_files(&fds)?;
         let can_min_wait = ring.params().is_feature_min_timeout();
+        let mut enter_flags = EnterFlags::GETEVENTS | EnterFlags::EXT_ARG;
+        if ring.params().is_feature_no_iowait() {
+            enter_flags |= EnterFlags::NO_IOWAIT;
+        }
         Ok(UringWorker {
             ring,
             buffers,
@@ -275,6 +285,7 @@ impl<'a> UringWorker<'a> {
             sockets,
             rearm: vec![true; sockets.len()],
             can_min_wait,
+            enter_flags,
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
             pending: Vec::with_capacity(SEND_SLOTS),
             busy: false,
@@ -400,7 +411,18 @@ impl<'a> UringWorker<'a> {
         } else {
             (1, args)
         };
-        match self.ring.submitter().submit_with_args(want, &args) {
+        let to_submit = self.ring.submission().len() as u32;
+        // SAFETY: `args` is a live `SubmitArgs`, a transparent wrapper of the
+        // kernel's `io_uring_getevents_arg`, passed with EXT_ARG exactly as
+        // the crate's own `submit_with_args` does; the timespec it points to
+        // outlives the call. Every queued entry's memory is owned by `self`
+        // (see `push`).
+        let entered = unsafe {
+            self.ring
+                .submitter()
+                .enter(to_submit, want as u32, self.enter_flags.bits(), Some(&args))
+        };
+        match entered {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(
