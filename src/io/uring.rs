@@ -418,9 +418,12 @@ impl<'a> UringWorker<'a> {
         // outlives the call. Every queued entry's memory is owned by `self`
         // (see `push`).
         let entered = unsafe {
-            self.ring
-                .submitter()
-                .enter(to_submit, want as u32, self.enter_flags.bits(), Some(&args))
+            self.ring.submitter().enter(
+                to_submit,
+                want as u32,
+                self.enter_flags.bits(),
+                Some(&args),
+            )
         };
         match entered {
             Ok(_) => Ok(()),
