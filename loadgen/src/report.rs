@@ -661,8 +661,8 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
     );
     let _ = writeln!(
         s,
-        "\n{:<16}{:>10}{:>11}{:>11}{:>11}{:>11}{:>11}{:>11}   (µs)",
-        "", "count", "min", "p1", "p50", "p99", "max", "max|x|"
+        "\n{:<16}{:>10}{:>11}{:>11}{:>11}{:>11}{:>11}{:>11}{:>11}   (µs)",
+        "", "count", "min", "p1", "p50", "p99", "max", "p99|x|", "max|x|"
     );
     for (label, p) in [
         ("offset θ", &st.theta_us),
@@ -671,13 +671,14 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
     ] {
         let _ = writeln!(
             s,
-            "{label:<16}{:>10}{:>11}{:>11}{:>11}{:>11}{:>11}{:>11}",
+            "{label:<16}{:>10}{:>11}{:>11}{:>11}{:>11}{:>11}{:>11}{:>11}",
             group(p.count),
             us(p.min_us),
             us(p.p1_us),
             us(p.p50_us),
             us(p.p99_us),
             us(p.max_us),
+            us(p.abs_p99_us),
             us(p.max_abs_us)
         );
     }

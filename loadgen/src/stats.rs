@@ -207,6 +207,21 @@ impl SignedHistogram {
         self.quantile(1.0)
     }
 
+    /// The magnitude at quantile `q` (0..=1) of the values' magnitudes
+    /// (nearest rank), or `None` when empty: `abs_quantile(0.99)` is the
+    /// bound that 99 % of the values stay within on either side.
+    pub fn abs_quantile(&self, q: f64) -> Option<u64> {
+        let n = self.len();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).clamp(1, n);
+        let mut magnitudes = self.pos.clone();
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = magnitudes.add(&self.neg);
+        Some(value_at_rank(&magnitudes, rank))
+    }
+
     /// Largest magnitude.
     pub fn max_abs(&self) -> Option<u64> {
         match (self.pos.is_empty(), self.neg.is_empty()) {
@@ -281,6 +296,9 @@ pub struct Percentiles {
     pub p99_us: Option<f64>,
     /// Largest.
     pub max_us: Option<f64>,
+    /// 99th percentile of the magnitudes: 99 % of the values lie within
+    /// ± this.
+    pub abs_p99_us: Option<f64>,
     /// Largest magnitude.
     pub max_abs_us: Option<f64>,
 }
@@ -296,6 +314,7 @@ impl Percentiles {
             p50_us: us(h.quantile(0.50)),
             p99_us: us(h.quantile(0.99)),
             max_us: us(h.max()),
+            abs_p99_us: h.abs_quantile(0.99).map(|ns| ns as f64 / 1000.0),
             max_abs_us: h.max_abs().map(|ns| ns as f64 / 1000.0),
         }
     }
@@ -326,6 +345,24 @@ mod tests {
         near(h.quantile(0.51), 0);
         near(h.max(), 49_000);
         assert_eq!(h.max_abs().map(|v| v / 1000), Some(50));
+    }
+
+    #[test]
+    fn magnitude_quantiles_pool_both_signs() {
+        // 97 values near zero, a tail of three on the negative side only:
+        // the signed p99 stays small, the magnitudes' p99 shows the tail.
+        let mut h = SignedHistogram::default();
+        for v in 0..97 {
+            h.record(100 + v);
+        }
+        for v in [-8_000, -9_000, -10_000] {
+            h.record(v);
+        }
+        assert!(h.quantile(0.99).unwrap() < 200);
+        let p99 = h.abs_quantile(0.99).unwrap();
+        assert!((9_000..9_100).contains(&p99), "{p99}");
+        assert!((10_000..10_100).contains(&h.abs_quantile(1.0).unwrap()));
+        assert_eq!(SignedHistogram::default().abs_quantile(0.99), None);
     }
 
     #[test]

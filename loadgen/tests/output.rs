@@ -179,6 +179,7 @@ fn json_holds_every_table_figure_and_the_plot_has_every_series() {
             "p50_us",
             "p99_us",
             "max_us",
+            "abs_p99_us",
             "max_abs_us",
         ]
         .iter()

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::cmsg::{self, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::socket::{self, ListenSocket};
-use super::txtime::{SendProbe, SEND_CHUNK};
+use super::txtime::SendProbe;
 use super::worker::{Datagram, Worker};
 use crate::clock;
 use crate::proto::HEADER_LEN;
@@ -320,10 +320,11 @@ fn serve_batch(
     }
     worker.begin_batch();
     let queued = batch.answer_all(n, sock.wildcard, |dgram, reply| worker.handle(dgram, reply));
-    // In chunks, each stamped just before it goes (see SEND_CHUNK).
+    // In chunks, each stamped just before it goes (see txtime).
+    let chunk = worker.send_chunk(queued);
     let mut start = 0;
     while start < queued {
-        let end = (start + SEND_CHUNK).min(queued);
+        let end = (start + chunk).min(queued);
         let probe = worker.tx_probe_due(end - start);
         if let Some(p) = probe {
             batch.request_tx_timestamp(start + p.position());

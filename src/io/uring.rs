@@ -27,7 +27,7 @@ use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
 use super::cmsg::{self, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::socket::{self, ListenSocket};
-use super::txtime::{Probe, SendProbe, SEND_CHUNK};
+use super::txtime::{Probe, SendProbe};
 use super::worker::{Datagram, Worker};
 use crate::clock;
 use crate::proto::{UnixTime, HEADER_LEN};
@@ -43,9 +43,10 @@ const PAYLOAD_LEN: usize = super::mmsg::RECV_SLOT;
 const RECV_BUF_LEN: usize = 16 + NAME_LEN + RECV_CONTROL_LEN + PAYLOAD_LEN;
 /// Replies that may be in flight at once.
 const SEND_SLOTS: usize = RECV_BUFFERS as usize;
-/// Room for a whole batch of sends (at most one per receive buffer) plus
-/// the re-arms, so a batch is never split by a full queue: every reply's
-/// predicted departure assumes its batch goes out in one call.
+/// At most two chunks of sends (the one being built and the last one of the
+/// previous batch, which goes with the wait) plus one re-arm per listen
+/// socket are queued at once; the margin keeps a chunk from ever meeting a
+/// full queue, which would submit its sends before their stamps are written.
 const SQ_ENTRIES: u32 = 4096;
 const CQ_ENTRIES: u32 = 8192;
 /// Completions to wait for before returning early…
@@ -313,15 +314,17 @@ impl<'a> UringWorker<'a> {
     }
 
     /// Stamps this batch's replies with their predicted departures and
-    /// sends them, in chunks of at most [`SEND_CHUNK`], each stamped just
-    /// before it goes: all but the last are submitted at once, the last
-    /// goes out with the next wait for completions. A small batch costs no
-    /// system call of its own.
+    /// sends them, in chunks of at most [`SEND_CHUNK`](super::txtime::SEND_CHUNK) (one by one at low
+    /// rates, see [`Worker::send_chunk`]), each stamped just before it
+    /// goes: all but the last are submitted at once, the last goes out with
+    /// the next wait for completions. A batch of one chunk costs no system
+    /// call of its own.
     fn send_replies(&mut self, worker: &mut Worker) -> io::Result<()> {
         let sends = self.pending.len();
+        let chunk = worker.send_chunk(sends);
         let mut start = 0;
         while start < sends {
-            let end = (start + SEND_CHUNK).min(sends);
+            let end = (start + chunk).min(sends);
             // One probe at a time: the error queue must hold just its stamp.
             let probe = match self.tx_sample {
                 None => worker.tx_probe_due(end - start),

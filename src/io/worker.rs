@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::counters::{Counters, SharedCounters};
-use super::txtime::{Probe, TxSchedule};
+use super::txtime::{ChunkLength, Probe, TxSchedule};
 use crate::clock;
 use crate::proto::{self, DropReason, ServerState, UnixTime, Verdict, HEADER_LEN};
 use crate::snapshot;
@@ -29,6 +29,7 @@ pub struct Worker {
     /// The `t0` of the last chunk stamped (paces the transmit probes).
     last_t0: UnixTime,
     tx_schedule: TxSchedule,
+    chunk_length: ChunkLength,
     /// When the next transmit-timestamp sample is due.
     next_tx_sample: UnixTime,
 }
@@ -71,6 +72,7 @@ impl Worker {
             version,
             last_t0: UnixTime::default(),
             tx_schedule: TxSchedule::default(),
+            chunk_length: ChunkLength::default(),
             next_tx_sample: UnixTime::default(),
         }
     }
@@ -139,6 +141,12 @@ impl Worker {
                 self.counters.send_errors
             );
         }
+    }
+
+    /// How many of a batch's `replies` to stamp and hand to the kernel at
+    /// once (see [`ChunkLength`]; the clock is the last chunk's stamp time).
+    pub fn send_chunk(&mut self, replies: usize) -> usize {
+        self.chunk_length.for_batch(self.last_t0, replies)
     }
 
     /// Stamps the reply at `position` of a batch stamped at `t0` with its
