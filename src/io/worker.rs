@@ -124,10 +124,16 @@ impl Worker {
     /// Replies that were built but could not be sent (`errno` says why):
     /// they were counted as replied, so move them to send errors. Logged at
     /// most once a minute.
+    #[inline]
     pub fn note_send_failures(&mut self, failed: u64, errno: i32) {
-        if failed == 0 {
-            return;
+        // Called after every send; failures are rare.
+        if failed != 0 {
+            self.count_send_failures(failed, errno);
         }
+    }
+
+    #[cold]
+    fn count_send_failures(&mut self, failed: u64, errno: i32) {
         self.counters.replied = self.counters.replied.saturating_sub(failed);
         self.counters.send_errors += failed;
         let due = self
