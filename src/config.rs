@@ -399,10 +399,13 @@ impl<'de> Deserialize<'de> for Workers {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            crate::files::read_bounded(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         Config::parse(&text, path)
     }
 
@@ -791,5 +794,15 @@ mod tests {
         let err = Config::load(Path::new("/nonexistent/fastntpd.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
         assert!(err.to_string().contains("/nonexistent/fastntpd.toml"));
+    }
+
+    #[test]
+    fn an_endless_file_is_refused_with_its_size_limit() {
+        let err = Config::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(
+            err.to_string().contains("larger than 1048576 bytes"),
+            "{err}"
+        );
     }
 }

@@ -17,6 +17,7 @@
 //! - [`io`]: sockets, control messages, counters and the worker backends.
 //! - [`clock`]: reading the host clock (never steering it).
 //! - [`config`]: the TOML configuration.
+//! - [`files`]: size-bounded reads of the files an operator names.
 //! - [`discipline`]: the thread that syncs to upstreams, steers the served
 //!   clock and is the only writer of the snapshot.
 //! - [`server`]: wiring it all together for `fastntpd`.
@@ -26,6 +27,7 @@
 pub mod clock;
 pub mod config;
 pub mod discipline;
+pub mod files;
 pub mod io;
 pub mod proto;
 pub mod server;

@@ -50,9 +50,20 @@ pub enum DriftError {
 
 /// Reads the frequency (ppm); `Ok(None)` when the file does not exist yet.
 pub fn read(path: &Path) -> Result<Option<f64>, DriftError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::files::read_bounded(path, crate::files::MAX_DRIFT_FILE_BYTES) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            return Err(DriftError::Malformed {
+                path: path.to_owned(),
+                content: e.to_string(),
+            })
+        }
         Err(source) => {
             return Err(DriftError::Io {
                 path: path.to_owned(),

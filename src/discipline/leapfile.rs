@@ -45,10 +45,12 @@ pub struct LeapTable {
 impl LeapTable {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<LeapTable, LeapFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LeapFileError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = crate::files::read_bounded(path, crate::files::MAX_LEAP_FILE_BYTES).map_err(
+            |source| LeapFileError::Read {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
         LeapTable::parse(&text)
     }
 
@@ -197,6 +199,13 @@ mod tests {
             let err = LeapTable::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn an_endless_file_is_refused_with_its_size_limit() {
+        let err = LeapTable::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(err, LeapFileError::Read { .. }));
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]
