@@ -231,6 +231,27 @@ pub struct ServerConfig {
     /// Source of receive timestamps.
     #[serde(default)]
     pub timestamping: Timestamping,
+    /// Seconds a request may wait in a receive queue: older ones are
+    /// dropped unanswered, and the queues are sized to about this much
+    /// work (see `io::queue`).
+    #[serde(default = "default_max_queue_delay")]
+    pub max_queue_delay: f64,
+}
+
+/// Default `[server] max-queue-delay`, seconds.
+pub const DEFAULT_MAX_QUEUE_DELAY: f64 = 0.05;
+/// Range of `[server] max-queue-delay`, seconds.
+pub const MAX_QUEUE_DELAY_RANGE: (f64, f64) = (0.001, 1.0);
+
+fn default_max_queue_delay() -> f64 {
+    DEFAULT_MAX_QUEUE_DELAY
+}
+
+impl ServerConfig {
+    /// `max-queue-delay` as a duration.
+    pub fn max_queue_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.max_queue_delay)
+    }
 }
 
 /// `[clock]`.
@@ -367,6 +388,7 @@ impl Default for ServerConfig {
             workers: Workers::Auto,
             io: IoBackend::Auto,
             timestamping: Timestamping::Software,
+            max_queue_delay: DEFAULT_MAX_QUEUE_DELAY,
         }
     }
 }
@@ -444,6 +466,14 @@ impl Config {
                 "\"hardware\" is not supported yet; use \"software\" (kernel receive \
                  timestamps) or \"none\""
                     .into(),
+            ));
+        }
+        let (lo, hi) = MAX_QUEUE_DELAY_RANGE;
+        let delay = self.server.max_queue_delay;
+        if !(lo..=hi).contains(&delay) {
+            return Err(invalid(
+                "server.max-queue-delay",
+                format!("{delay} is out of range; give seconds from {lo} to {hi}"),
             ));
         }
         if let Some(s) = self.clock.local_stratum {

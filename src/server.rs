@@ -16,9 +16,10 @@ use crate::config::{Config, Timestamping, Workers};
 use crate::discipline::status::StatusHandle;
 use crate::discipline::{self, Discipline, DisciplineError};
 use crate::io::counters::{Counters, SharedCounters};
+use crate::io::queue::QueueBound;
 use crate::io::socket::{self, ListenSocket, SocketError, SocketOptions};
 use crate::io::worker::Worker;
-use crate::io::{mmsg, select_backend, uring, Backend, BackendError};
+use crate::io::{self as io_backend, select_backend, Backend, BackendError};
 use crate::snapshot;
 
 /// How often the statistics line is logged.
@@ -103,6 +104,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
 }
 
+/// The workers `workers` asks for (capped to the usable cores by the
+/// caller, with a warning).
 fn worker_count(workers: Workers, cores: &[usize]) -> usize {
     match workers {
         Workers::Auto => cores.len().max(1),
@@ -120,14 +123,21 @@ impl Server {
         }
         let cores = socket::usable_cores();
         let count = worker_count(config.server.workers, &cores);
-        if !cores.is_empty() && count > cores.len() {
+        if count > cores.len().max(1) {
             warn!(
-                "{count} workers on {} cores: some cores run two workers",
-                cores.len()
+                "`[server] workers = {count}` but this process may run on {} core(s): starting \
+                 {} (a worker is pinned to its core; more would only take memory and contend)",
+                cores.len(),
+                cores.len().max(1)
             );
         }
+        let count = count.min(cores.len().max(1));
         let timestamps = config.server.timestamping == Timestamping::Software;
-        let opts = SocketOptions { timestamps };
+        let queue_limit = config.server.max_queue_delay();
+        let opts = SocketOptions {
+            timestamps,
+            receive_queue: QueueBound::initial_bytes(queue_limit),
+        };
 
         let mut per_worker: Vec<Vec<ListenSocket>> = (0..count).map(|_| Vec::new()).collect();
         let mut listening = Vec::new();
@@ -157,10 +167,17 @@ impl Server {
         let (publisher, reader) = snapshot::new(&prepared.initial_state());
 
         let mut workers = Vec::with_capacity(count);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (id, sockets) in per_worker.into_iter().enumerate() {
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let counters = Arc::new(SharedCounters::default());
-            let mut worker = Worker::new(reader.clone(), timestamps, Arc::clone(&counters));
+            let mut worker = Worker::new(
+                reader.clone(),
+                timestamps,
+                Arc::clone(&counters),
+                QueueBound::new(queue_limit),
+            );
+            worker.set_ready_signal(ready_tx.clone());
             let duplicates = sockets
                 .iter()
                 .map(|s| s.socket.try_clone())
@@ -175,10 +192,7 @@ impl Server {
                             warn!("worker {id}: cannot pin to core {core}; running unpinned");
                         }
                     }
-                    let result = match backend {
-                        Backend::IoUring => uring::serve(&mut worker, &sockets, &stop),
-                        Backend::Mmsg => mmsg::serve(&mut worker, &sockets, &stop),
-                    };
+                    let result = io_backend::serve(backend, &mut worker, &sockets, &stop);
                     if result.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -193,6 +207,8 @@ impl Server {
                 thread,
             });
         }
+        drop(ready_tx);
+        wait_until_ready(&workers, &ready_rx);
         for addr in &listening {
             info!(
                 "listening on {addr} ({count} workers, {} backend)",
@@ -311,6 +327,35 @@ impl Server {
                 Ok(())
             }
         }
+    }
+}
+
+/// Longest wait for the workers to set their backends up.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until every worker has set its backend up (so that start-up is
+/// announced only once requests are read, and the first ones do not sit
+/// in the queue while rings are built), or one of them has ended (its
+/// error is reported by [`Server::run`]), or [`READY_TIMEOUT`] passed.
+fn wait_until_ready(workers: &[WorkerHandle], ready: &std::sync::mpsc::Receiver<()>) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut pending = workers.len();
+    while pending > 0 && Instant::now() < deadline {
+        match ready.recv_timeout(TICK) {
+            Ok(()) => pending -= 1,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if workers.iter().any(|w| w.thread.is_finished()) {
+                    return;
+                }
+            }
+        }
+    }
+    if pending > 0 {
+        warn!(
+            "{pending} worker(s) not ready after {} s; going on",
+            READY_TIMEOUT.as_secs()
+        );
     }
 }
 

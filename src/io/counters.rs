@@ -31,6 +31,11 @@ pub struct Counters {
     /// Times a multishot receive ended and was re-armed (io_uring only;
     /// a steadily growing count means the buffer ring runs dry).
     pub rearms: u64,
+    /// Receives the kernel failed (counted and survived; see
+    /// [`super::errors`]).
+    pub receive_errors: u64,
+    /// io_uring instances rebuilt after a ring failure.
+    pub ring_restarts: u64,
 }
 
 impl Counters {
@@ -55,6 +60,8 @@ impl Counters {
         self.send_errors += other.send_errors;
         self.kernel_drops += other.kernel_drops;
         self.rearms += other.rearms;
+        self.receive_errors += other.receive_errors;
+        self.ring_restarts += other.ring_restarts;
     }
 }
 
@@ -82,8 +89,14 @@ impl std::fmt::Display for Counters {
         }
         write!(
             f,
-            ", missing rx stamps {}, send errors {}, kernel drops {}, re-arms {}",
-            self.missing_rx_stamp, self.send_errors, self.kernel_drops, self.rearms
+            ", missing rx stamps {}, send errors {}, receive errors {}, kernel drops {}, \
+             re-arms {}, ring restarts {}",
+            self.missing_rx_stamp,
+            self.send_errors,
+            self.receive_errors,
+            self.kernel_drops,
+            self.rearms,
+            self.ring_restarts
         )
     }
 }
@@ -99,6 +112,8 @@ pub struct SharedCounters {
     missing_rx_stamp: AtomicU64,
     send_errors: AtomicU64,
     rearms: AtomicU64,
+    receive_errors: AtomicU64,
+    ring_restarts: AtomicU64,
 }
 
 impl SharedCounters {
@@ -113,6 +128,8 @@ impl SharedCounters {
         self.missing_rx_stamp.store(c.missing_rx_stamp, r);
         self.send_errors.store(c.send_errors, r);
         self.rearms.store(c.rearms, r);
+        self.receive_errors.store(c.receive_errors, r);
+        self.ring_restarts.store(c.ring_restarts, r);
     }
 
     /// The last published totals.
@@ -126,6 +143,8 @@ impl SharedCounters {
             send_errors: self.send_errors.load(r),
             kernel_drops: 0,
             rearms: self.rearms.load(r),
+            receive_errors: self.receive_errors.load(r),
+            ring_restarts: self.ring_restarts.load(r),
         }
     }
 }
@@ -143,6 +162,8 @@ mod tests {
             send_errors: 2,
             kernel_drops: 4,
             rearms: 5,
+            receive_errors: 6,
+            ring_restarts: 7,
             ..Counters::default()
         };
         c.dropped[DropReason::NotClientMode.index()] = 3;
@@ -165,7 +186,7 @@ mod tests {
         assert_eq!(
             c.to_string(),
             "received 10, replied 7, dropped 3 (not_client_mode=3), missing rx stamps 1, \
-             send errors 2, kernel drops 4, re-arms 5"
+             send errors 2, receive errors 6, kernel drops 4, re-arms 5, ring restarts 7"
         );
     }
 }

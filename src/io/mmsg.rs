@@ -5,10 +5,12 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::cmsg::{self, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use super::errors::{self, Backoff, ErrorAction};
 use super::socket::{self, ListenSocket};
-use super::txtime::SendProbe;
+use super::txtime::{ProbeKeys, SendProbe};
 use super::worker::{Datagram, Worker};
 use crate::clock;
 use crate::proto::HEADER_LEN;
@@ -20,10 +22,7 @@ pub const BATCH: usize = 64;
 /// extension fields.
 pub const RECV_SLOT: usize = 1280;
 /// How long a worker sleeps in `poll` before re-checking the stop flag.
-const POLL_TIMEOUT: libc::timespec = libc::timespec {
-    tv_sec: 0,
-    tv_nsec: 100_000_000,
-};
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Batches read from one socket before looking at the others.
 const ROUNDS_PER_SOCKET: usize = 8;
 
@@ -33,10 +32,21 @@ struct RecvControl([u8; RECV_CONTROL_LEN]);
 #[repr(C, align(8))]
 struct SendControl([u8; SEND_CONTROL_LEN]);
 
+/// What [`MmsgBatch::send`] did.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sent {
+    /// Replies that could not be sent.
+    failed: u64,
+    /// The last error.
+    errno: i32,
+    /// The probed reply (if any) went out.
+    probe_sent: bool,
+}
+
 /// The buffers and message headers of one worker. The headers point into
 /// the boxed buffers, which never move; the raw pointers also make this
 /// type `!Send`, so it lives and dies on its worker thread.
-struct MmsgBatch {
+pub(super) struct MmsgBatch {
     payload: Box<[[u8; RECV_SLOT]]>,
     names: Box<[libc::sockaddr_storage]>,
     recv_control: Box<[RecvControl]>,
@@ -57,7 +67,7 @@ fn zeroed_slice<T>(n: usize) -> Box<[T]> {
 }
 
 impl MmsgBatch {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut b = MmsgBatch {
             payload: vec![[0u8; RECV_SLOT]; BATCH].into_boxed_slice(),
             names: zeroed_slice(BATCH),
@@ -181,13 +191,16 @@ impl MmsgBatch {
         s.msg_controllen = len as _;
     }
 
-    /// Sends queued replies `range`; returns how many failed and the last
-    /// error. A failure of one reply (e.g. a firewall refusing one
-    /// destination) skips just that reply; a full send buffer fails the rest.
-    fn send(&mut self, fd: i32, range: std::ops::Range<usize>) -> (u64, i32) {
+    /// Sends queued replies `range`; says how many failed, the last error
+    /// and whether the reply at `probe` went out. A failure of one reply
+    /// (e.g. a firewall refusing one destination) skips just that reply; a
+    /// full send buffer fails the rest.
+    fn send(&mut self, fd: i32, range: std::ops::Range<usize>, probe: Option<usize>) -> Sent {
         let (mut done, count) = (range.start, range.end);
-        let mut failed = 0;
-        let mut errno = 0;
+        let mut sent = Sent {
+            probe_sent: probe.is_some(),
+            ..Sent::default()
+        };
         while done < count {
             // SAFETY: headers `done..count` were filled by `queue` and point
             // at buffers owned by `self` (names stay valid until the next
@@ -204,20 +217,23 @@ impl MmsgBatch {
                 done += rc as usize;
                 continue;
             }
-            errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            sent.errno = errno;
             match errno {
                 libc::EINTR => continue,
                 libc::EAGAIN | libc::ENOBUFS | libc::ENOMEM => {
-                    failed += (count - done) as u64;
+                    sent.failed += (count - done) as u64;
+                    sent.probe_sent &= probe.is_some_and(|p| p < done);
                     break;
                 }
                 _ => {
-                    failed += 1;
+                    sent.failed += 1;
+                    sent.probe_sent &= probe != Some(done);
                     done += 1;
                 }
             }
         }
-        (failed, errno)
+        sent
     }
 }
 
@@ -265,10 +281,21 @@ mod raw {
     }
 }
 
+/// What the mmsg loop keeps per socket.
+#[derive(Debug, Default)]
+struct SocketState {
+    keys: ProbeKeys,
+    backoff: Backoff,
+    /// After failing receives: not polled before this.
+    resume_at: Option<Instant>,
+}
+
 /// Serves `sockets` until `stop` is set. Returns an error only for failures
-/// that mean the sockets are unusable.
+/// that mean the sockets are unusable (see [`errors`]); everything else is
+/// counted and survived.
 pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -> io::Result<()> {
     let mut batch = MmsgBatch::new();
+    let mut state: Vec<SocketState> = sockets.iter().map(|_| SocketState::default()).collect();
     let mut fds: Vec<libc::pollfd> = sockets
         .iter()
         .map(|s| libc::pollfd {
@@ -277,22 +304,44 @@ pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -
             revents: 0,
         })
         .collect();
+    worker.ready();
     while !stop.load(Ordering::Relaxed) {
-        let ready = raw::poll(&mut fds, POLL_TIMEOUT);
+        let timeout = poll_timeout(sockets, &mut state, &mut fds);
+        let ready = raw::poll(&mut fds, timeout);
         if ready < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            match errors::on_poll(errno) {
+                ErrorAction::Stop => return Err(io::Error::from_raw_os_error(errno)),
+                _ => continue,
             }
-            return Err(err);
         }
-        for (sock, pfd) in sockets.iter().zip(&fds) {
-            if pfd.revents == 0 {
+        for ((sock, pfd), st) in sockets.iter().zip(&fds).zip(&mut state) {
+            if pfd.revents & libc::POLLERR != 0 {
+                // A transmit timestamp that came after its probe was given
+                // up (or an error report): read it, or `poll` keeps saying
+                // POLLERR and the worker spins.
+                socket::take_probe_timestamp(sock.fd(), &mut st.keys, None);
+            }
+            if pfd.revents & libc::POLLIN == 0 {
                 continue;
             }
             for _ in 0..ROUNDS_PER_SOCKET {
-                if serve_batch(worker, &mut batch, sock)? < BATCH {
-                    break;
+                match batch.serve(worker, sock, Some(&mut st.keys), sockets) {
+                    Ok(n) => {
+                        st.backoff.succeeded();
+                        if n < BATCH {
+                            break;
+                        }
+                    }
+                    Err(errno) => {
+                        if errors::on_receive(errno) == ErrorAction::Stop {
+                            return Err(io::Error::from_raw_os_error(errno));
+                        }
+                        worker.note_receive_error(sock.local, errno);
+                        let pause = st.backoff.failed();
+                        st.resume_at = (!pause.is_zero()).then(|| Instant::now() + pause);
+                        break;
+                    }
                 }
             }
         }
@@ -300,48 +349,91 @@ pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -
     Ok(())
 }
 
-/// One batch from one socket; returns how many datagrams it read.
-fn serve_batch(
-    worker: &mut Worker,
-    batch: &mut MmsgBatch,
-    sock: &ListenSocket,
-) -> io::Result<usize> {
-    let n = match batch.recv(sock.fd()) {
-        Ok(n) => n,
-        Err(e) => {
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EINTR | libc::ENOMEM | libc::ENOBUFS) => Ok(0),
-                _ => Err(e),
+/// Takes sockets whose receives keep failing out of the poll set until
+/// their pause is over (a negative descriptor is ignored by `poll`), and
+/// returns how long `poll` may sleep.
+fn poll_timeout(
+    sockets: &[ListenSocket],
+    state: &mut [SocketState],
+    fds: &mut [libc::pollfd],
+) -> libc::timespec {
+    let mut timeout = POLL_TIMEOUT;
+    let now = Instant::now();
+    for ((sock, st), pfd) in sockets.iter().zip(state).zip(fds) {
+        pfd.fd = sock.fd();
+        if let Some(at) = st.resume_at {
+            if at > now {
+                pfd.fd = -1;
+                timeout = timeout.min(at - now);
+            } else {
+                st.resume_at = None;
             }
         }
-    };
-    if n == 0 {
-        return Ok(0);
     }
-    worker.begin_batch();
-    let queued = batch.answer_all(n, sock.wildcard, |dgram, reply| worker.handle(dgram, reply));
-    // In chunks, each stamped just before it goes (see txtime).
-    let chunk = worker.send_chunk(queued);
-    let mut start = 0;
-    while start < queued {
-        let end = (start + chunk).min(queued);
-        let probe = worker.tx_probe_due(end - start);
-        if let Some(p) = probe {
-            batch.request_tx_timestamp(start + p.position());
-        }
-        let t0 = clock::now();
-        for (position, reply) in batch.replies[start..end].iter_mut().enumerate() {
-            worker.stamp_transmit(reply, t0, position);
-        }
-        let (failed, errno) = batch.send(sock.fd(), start..end);
-        worker.note_send_failures(failed, errno);
-        if let (Some(p), 0) = (probe, failed) {
-            if let Some(departed) = socket::take_tx_timestamp(sock.fd()) {
-                worker.observe_departure(p, t0, departed, SendProbe::MMSG);
+    libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    }
+}
+
+impl MmsgBatch {
+    /// One batch from `sock`: reads up to [`BATCH`] datagrams, answers them
+    /// through `worker`, and sends the replies in chunks, each stamped
+    /// just before it goes (see [`super::txtime`]). With `keys`, a chunk
+    /// now and then asks for its kernel transmit timestamp (the sweeps of
+    /// the io_uring backend pass `None`: its own probes are in flight).
+    /// `all` are the worker's sockets (their receive queues are bounded
+    /// together). Returns how many datagrams were read, or the receive's
+    /// errno (`EAGAIN` is 0 datagrams, not an error).
+    pub(super) fn serve(
+        &mut self,
+        worker: &mut Worker,
+        sock: &ListenSocket,
+        mut keys: Option<&mut ProbeKeys>,
+        all: &[ListenSocket],
+    ) -> Result<usize, i32> {
+        let n = match self.recv(sock.fd()) {
+            Ok(n) => n,
+            Err(e) => {
+                return match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => Ok(0),
+                    errno => Err(errno.unwrap_or(0)),
+                }
             }
+        };
+        if n == 0 {
+            return Ok(0);
         }
-        start = end;
+        worker.begin_batch();
+        let queued = self.answer_all(n, sock.wildcard, |dgram, reply| worker.handle(dgram, reply));
+        let chunk = worker.send_chunk(queued);
+        let mut start = 0;
+        while start < queued {
+            let end = (start + chunk).min(queued);
+            let probe = match keys {
+                Some(_) => worker.tx_probe_due(end - start),
+                None => None,
+            };
+            if let Some(p) = probe {
+                self.request_tx_timestamp(start + p.position());
+            }
+            let t0 = clock::now();
+            for (position, reply) in self.replies[start..end].iter_mut().enumerate() {
+                worker.stamp_transmit(reply, t0, position);
+            }
+            let probe_at = probe.map(|p| start + p.position());
+            let sent = self.send(sock.fd(), start..end, probe_at);
+            worker.note_send_failures(sent.failed, sent.errno);
+            if let (Some(p), Some(keys), true) = (probe, keys.as_deref_mut(), sent.probe_sent) {
+                let key = keys.next();
+                keys.sent();
+                if let Some(departed) = socket::take_probe_timestamp(sock.fd(), keys, Some(key)) {
+                    worker.observe_departure(p, t0, departed, SendProbe::MMSG);
+                }
+            }
+            start = end;
+        }
+        worker.end_batch(all);
+        Ok(n)
     }
-    worker.end_batch();
-    Ok(n)
 }

@@ -1,19 +1,29 @@
 //! Moving datagrams between the network and [`worker::Worker`]: listening
 //! sockets ([`socket`]), control messages ([`cmsg`]), per-worker counters
-//! ([`counters`]), transmit-time prediction for batches ([`txtime`]), and
-//! the two I/O backends that drive a worker through the
-//! same interface: [`uring`] (io_uring with multishot receive, the fast
-//! path) and [`mmsg`] (recvmmsg/sendmmsg, the portable fallback).
+//! ([`counters`]), transmit-time prediction for batches ([`txtime`]), the
+//! time bound of receive queues ([`queue`]), what to do when the kernel
+//! refuses ([`errors`]), and the two I/O backends that drive a worker
+//! through the same interface: [`uring`] (io_uring with multishot receive,
+//! the fast path) and [`mmsg`] (recvmmsg/sendmmsg, the portable fallback).
+//! [`serve`] runs a worker on the chosen one.
 
 pub mod cmsg;
 pub mod counters;
+pub mod errors;
 pub mod mmsg;
+pub mod queue;
 pub mod socket;
 pub mod txtime;
 pub mod uring;
 pub mod worker;
 
+use std::sync::atomic::AtomicBool;
+
+use tracing::warn;
+
 use crate::config::IoBackend;
+use socket::ListenSocket;
+use worker::Worker;
 
 /// The backend a server's workers run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,4 +69,26 @@ pub fn select_backend(wanted: IoBackend) -> Result<(Backend, Option<String>), Ba
             )),
         },
     }
+}
+
+/// Serves `sockets` with `worker` on `backend` until `stop` is set. An
+/// io_uring worker whose rings keep failing goes on with the mmsg backend
+/// (logged); an error is returned only when the sockets themselves are
+/// unusable, and then the process must stop.
+pub fn serve(
+    backend: Backend,
+    worker: &mut Worker,
+    sockets: &[ListenSocket],
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    if backend == Backend::IoUring {
+        match uring::serve(worker, sockets, stop) {
+            Ok(()) => return Ok(()),
+            Err(uring::UringError::Fatal(e)) => return Err(e),
+            Err(e @ uring::UringError::Unusable(_)) => {
+                warn!("{e}; this worker goes on with the mmsg backend")
+            }
+        }
+    }
+    mmsg::serve(worker, sockets, stop)
 }

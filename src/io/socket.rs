@@ -7,16 +7,20 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::txtime::ProbeKeys;
 use crate::proto::UnixTime;
 
-/// Receive buffer asked for (the kernel doubles it). Small buffers drop
-/// datagrams during sub-millisecond stalls at high rates.
-const RECV_BUFFER: usize = 32 << 20;
 /// Send buffer asked for.
 const SEND_BUFFER: usize = 1 << 20;
+/// How long a bind waits for an address that a process which just ended
+/// still holds (see [`wait_until_unused`]).
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+/// How often the address is tried again meanwhile.
+const RELEASE_POLL: Duration = Duration::from_millis(5);
 
 /// A bound socket of one worker.
 #[derive(Debug)]
@@ -90,6 +94,18 @@ pub enum SocketError {
 pub struct SocketOptions {
     /// Ask for kernel software receive timestamps.
     pub timestamps: bool,
+    /// Receive queue size, bytes of kernel memory (see
+    /// [`super::queue::QueueBound`]).
+    pub receive_queue: usize,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            timestamps: true,
+            receive_queue: super::queue::QueueBound::initial_bytes(super::queue::DEFAULT_MAX_DELAY),
+        }
+    }
 }
 
 /// Binds `count` sockets to `addr`, one per worker, sharing the port with
@@ -101,7 +117,7 @@ pub fn bind_group(
     opts: SocketOptions,
 ) -> Result<Vec<ListenSocket>, SocketError> {
     if addr.port() != 0 {
-        ensure_unused(addr)?;
+        wait_until_unused(addr)?;
     }
     let mut group = Vec::with_capacity(count);
     let mut target = addr;
@@ -111,6 +127,24 @@ pub fn bind_group(
         group.push(sock);
     }
     Ok(group)
+}
+
+/// [`ensure_unused`], tried again for up to [`RELEASE_WAIT`] while the
+/// address is in use: after an unclean exit (kill -9) the kernel tears a
+/// dead process's io_uring down in the background, and the sockets
+/// registered with it stay bound for some tens of milliseconds. A restart
+/// in that window (systemd `RestartSec=0`, a script) must still bind; a
+/// live server holding the address is still reported, a moment later.
+fn wait_until_unused(addr: SocketAddr) -> Result<(), SocketError> {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    loop {
+        match ensure_unused(addr) {
+            Err(SocketError::AddressInUse { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(RELEASE_POLL)
+            }
+            other => return other,
+        }
+    }
 }
 
 /// `SO_REUSEPORT` would let this process join sockets another process
@@ -157,15 +191,16 @@ fn bind_one(addr: SocketAddr, opts: SocketOptions) -> Result<ListenSocket, Socke
         socket.set_only_v6(true).map_err(step("IPV6_V6ONLY"))?;
     }
     socket.set_reuse_port(true).map_err(step("SO_REUSEPORT"))?;
-    set_buffer(&socket, libc::SO_RCVBUFFORCE, RECV_BUFFER).map_err(step("SO_RCVBUF"))?;
-    set_buffer(&socket, libc::SO_SNDBUFFORCE, SEND_BUFFER).map_err(step("SO_SNDBUF"))?;
+    set_buffer(fd, libc::SO_RCVBUFFORCE, opts.receive_queue / 2).map_err(step("SO_RCVBUF"))?;
+    set_buffer(fd, libc::SO_SNDBUFFORCE, SEND_BUFFER).map_err(step("SO_SNDBUF"))?;
     if opts.timestamps {
         // RX stamps on every datagram; TX stamps only where a reply asks
         // for one (see `cmsg::append_tx_timestamp_request`), returned
-        // without the packet.
+        // without the packet and numbered (see `txtime::ProbeKeys`).
         let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE
             | libc::SOF_TIMESTAMPING_SOFTWARE
-            | libc::SOF_TIMESTAMPING_OPT_TSONLY;
+            | libc::SOF_TIMESTAMPING_OPT_TSONLY
+            | libc::SOF_TIMESTAMPING_OPT_ID;
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32)
             .map_err(step("SO_TIMESTAMPING"))?;
     }
@@ -203,17 +238,25 @@ fn bind_error(addr: SocketAddr, e: io::Error) -> SocketError {
     }
 }
 
+/// Sets the receive queue of `socket` to `bytes` of kernel memory (the
+/// kernel doubles what it is given, so half is asked for), past
+/// `net.core.rmem_max` where the process has `CAP_NET_ADMIN`.
+pub fn set_receive_queue(socket: &UdpSocket, bytes: usize) -> io::Result<()> {
+    set_buffer(socket.as_raw_fd(), libc::SO_RCVBUFFORCE, bytes / 2)
+}
+
 /// Sets a buffer size, forcing past `rmem_max`/`wmem_max` when privileged.
-fn set_buffer(socket: &Socket, force_opt: libc::c_int, size: usize) -> io::Result<()> {
-    let forced = setsockopt_int(socket.as_raw_fd(), libc::SOL_SOCKET, force_opt, size as i32);
-    if forced.is_ok() {
+fn set_buffer(fd: RawFd, force_opt: libc::c_int, size: usize) -> io::Result<()> {
+    let size = size.min(i32::MAX as usize) as i32;
+    if setsockopt_int(fd, libc::SOL_SOCKET, force_opt, size).is_ok() {
         return Ok(());
     }
-    if force_opt == libc::SO_RCVBUFFORCE {
-        socket.set_recv_buffer_size(size)
+    let plain = if force_opt == libc::SO_RCVBUFFORCE {
+        libc::SO_RCVBUF
     } else {
-        socket.set_send_buffer_size(size)
-    }
+        libc::SO_SNDBUF
+    };
+    setsockopt_int(fd, libc::SOL_SOCKET, plain, size)
 }
 
 /// `setsockopt` with an `int` value.
@@ -292,25 +335,53 @@ pub fn recv_with_control<'c>(
     Ok(Some((n as usize, &control.0[..len])))
 }
 
+/// Most error-queue messages read at once (transmit timestamps come one
+/// per probe, and ICMP errors only if asked for; more than this means a
+/// backlog that the next call drains further).
+const ERRQUEUE_BATCH: usize = 64;
+
+/// Drains the error queue of `fd` without blocking (so that nothing left
+/// there keeps waking `poll`) and returns the kernel transmit timestamp of
+/// the probe numbered `expected`, if it is there (see
+/// [`cmsg::append_tx_timestamp_request`](super::cmsg::append_tx_timestamp_request)
+/// and [`ProbeKeys`]); every other stamp is read and discarded.
+pub fn take_probe_timestamp(
+    fd: RawFd,
+    keys: &mut ProbeKeys,
+    expected: Option<u32>,
+) -> Option<UnixTime> {
+    let mut stamp = None;
+    drain_error_queue(fd, |tx| {
+        if keys.observed(tx.id, expected) {
+            stamp = Some(tx.stamp);
+        }
+    });
+    stamp
+}
+
 /// Drains the error queue of `fd` without blocking and returns the last
-/// kernel transmit timestamp found there (see
-/// [`cmsg::append_tx_timestamp_request`](super::cmsg::append_tx_timestamp_request)).
-/// At most a few messages are read: one timestamp is expected at a time,
-/// anything else is drained so that it stops waking `poll`.
+/// kernel transmit timestamp found there: for a socket that sent one
+/// datagram asking for one (an upstream request).
 pub fn take_tx_timestamp(fd: RawFd) -> Option<UnixTime> {
     let mut stamp = None;
+    drain_error_queue(fd, |tx| stamp = Some(tx.stamp));
+    stamp
+}
+
+/// Reads up to [`ERRQUEUE_BATCH`] error-queue messages of `fd` without
+/// blocking and hands each transmit timestamp among them to `stamp`.
+fn drain_error_queue(fd: RawFd, mut stamp: impl FnMut(super::cmsg::TxTimestamp)) {
     let mut data = [0u8; 64];
     let mut control = ControlBuf::default();
-    for _ in 0..8 {
+    for _ in 0..ERRQUEUE_BATCH {
         let flags = libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT;
         let Ok(Some((_, bytes))) = recv_with_control(fd, &mut data, &mut control, flags) else {
             break;
         };
         if let Some(tx) = super::cmsg::parse_tx_timestamp(bytes) {
-            stamp = Some(tx.stamp);
+            stamp(tx);
         }
     }
-    stamp
 }
 
 /// Index of the drop count in `SO_MEMINFO`'s array (`SK_MEMINFO_DROPS`).
@@ -361,12 +432,8 @@ mod tests {
 
     #[test]
     fn a_group_shares_one_ephemeral_port() {
-        let group = bind_group(
-            "127.0.0.1:0".parse().unwrap(),
-            3,
-            SocketOptions { timestamps: true },
-        )
-        .unwrap();
+        let group =
+            bind_group("127.0.0.1:0".parse().unwrap(), 3, SocketOptions::default()).unwrap();
         assert_eq!(group.len(), 3);
         let port = group[0].local.port();
         assert_ne!(port, 0);
@@ -378,14 +445,20 @@ mod tests {
         let v4 = bind_group(
             "0.0.0.0:0".parse().unwrap(),
             1,
-            SocketOptions { timestamps: false },
+            SocketOptions {
+                timestamps: false,
+                ..SocketOptions::default()
+            },
         )
         .unwrap();
         let port = v4[0].local.port();
         let v6 = bind_group(
             SocketAddr::from(([0u16; 8], port)),
             1,
-            SocketOptions { timestamps: false },
+            SocketOptions {
+                timestamps: false,
+                ..SocketOptions::default()
+            },
         );
         match v6 {
             Ok(v6) => assert!(v6[0].wildcard && v6[0].local.port() == port),
@@ -399,10 +472,21 @@ mod tests {
         let first = bind_group(
             "127.0.0.1:0".parse().unwrap(),
             2,
-            SocketOptions { timestamps: false },
+            SocketOptions {
+                timestamps: false,
+                ..SocketOptions::default()
+            },
         )
         .unwrap();
-        let err = bind_group(first[0].local, 2, SocketOptions { timestamps: false }).unwrap_err();
+        let err = bind_group(
+            first[0].local,
+            2,
+            SocketOptions {
+                timestamps: false,
+                ..SocketOptions::default()
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, SocketError::AddressInUse { .. }), "{err}");
     }
 
@@ -410,7 +494,15 @@ mod tests {
     fn a_port_held_without_reuseport_is_reported_as_in_use() {
         let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = holder.local_addr().unwrap();
-        let err = bind_group(addr, 1, SocketOptions { timestamps: false }).unwrap_err();
+        let err = bind_group(
+            addr,
+            1,
+            SocketOptions {
+                timestamps: false,
+                ..SocketOptions::default()
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, SocketError::AddressInUse { .. }), "{err}");
         assert!(err.to_string().contains("[server] listen"));
     }
@@ -420,7 +512,10 @@ mod tests {
         let group = bind_group(
             "127.0.0.1:0".parse().unwrap(),
             1,
-            SocketOptions { timestamps: false },
+            SocketOptions {
+                timestamps: false,
+                ..SocketOptions::default()
+            },
         )
         .unwrap();
         let sock = &group[0];
@@ -436,12 +531,8 @@ mod tests {
 
     #[test]
     fn requested_transmit_timestamps_come_back() {
-        let group = bind_group(
-            "127.0.0.1:0".parse().unwrap(),
-            1,
-            SocketOptions { timestamps: true },
-        )
-        .unwrap();
+        let group =
+            bind_group("127.0.0.1:0".parse().unwrap(), 1, SocketOptions::default()).unwrap();
         let sock = &group[0];
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut control = [0u8; super::super::cmsg::SEND_CONTROL_LEN];
@@ -480,7 +571,10 @@ mod tests {
         let err = bind_group(
             "192.0.2.1:0".parse().unwrap(),
             1,
-            SocketOptions { timestamps: false },
+            SocketOptions {
+                timestamps: false,
+                ..SocketOptions::default()
+            },
         )
         .unwrap_err();
         assert!(

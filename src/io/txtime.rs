@@ -152,6 +152,50 @@ impl SendProbe {
     pub const IO_URING: Duration = Duration::from_nanos(1_800);
 }
 
+/// Which kernel transmit timestamp answers which probe. Sockets are set up
+/// with `SOF_TIMESTAMPING_OPT_ID`, so the kernel numbers the datagrams
+/// that ask for a timestamp (only probes do), from 0, and returns the
+/// number with the stamp. A stamp that comes late (after its probe was
+/// given up, or from a probe whose chunk partly failed) then cannot be
+/// taken for a later probe's.
+///
+/// The numbering is predicted: a probe that was sent takes the next
+/// number; one whose send failed is assumed not to have taken one (true
+/// for a full send buffer; a firewall refusal takes one, which the next
+/// stamp reveals: numbering resumes after any stamp seen beyond the
+/// prediction, so one sample is lost, never misattributed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeKeys {
+    next: u32,
+}
+
+impl ProbeKeys {
+    /// The number the next probe sent on this socket will carry.
+    pub fn next(&self) -> u32 {
+        self.next
+    }
+
+    /// A probe carrying [`Self::next`] went out.
+    pub fn sent(&mut self) {
+        self.next = self.next.wrapping_add(1);
+    }
+
+    /// A probe counted by [`Self::sent`] failed after all (io_uring reports
+    /// the outcome after the probe is counted).
+    pub fn unsent(&mut self) {
+        self.next = self.next.wrapping_sub(1);
+    }
+
+    /// A stamp numbered `id` was read: whether it answers the probe that
+    /// carried `expected`. A number beyond the prediction resynchronizes it.
+    pub fn observed(&mut self, id: u32, expected: Option<u32>) -> bool {
+        if id.wrapping_sub(self.next) as i32 >= 0 {
+            self.next = id.wrapping_add(1);
+        }
+        expected == Some(id)
+    }
+}
+
 /// The lower envelope of a one-sidedly noisy measurement.
 #[derive(Clone, Copy, Debug, Default)]
 struct Envelope {
@@ -331,6 +375,41 @@ mod tests {
         c.for_batch(back, 16);
         let (len, _) = feed(&mut c, back, 20_000, 4, 1);
         assert_eq!(len, 1);
+    }
+
+    #[test]
+    fn probe_keys_match_their_own_stamp_and_resynchronize() {
+        let mut k = ProbeKeys::default();
+        // Probe 0 goes out; its stamp comes late, after probe 1 was sent.
+        let first = k.next();
+        k.sent();
+        let second = k.next();
+        k.sent();
+        assert!(
+            !k.observed(first, Some(second)),
+            "a late stamp is not taken"
+        );
+        assert!(k.observed(second, Some(second)));
+        // A probe whose send failed gave its number back.
+        let third = k.next();
+        k.sent();
+        k.unsent();
+        assert_eq!(k.next(), third);
+        // A refused send that used a number anyway: the next stamp shows
+        // it, that sample is lost, and numbering resumes after it.
+        let expected = k.next();
+        k.sent();
+        assert!(!k.observed(expected + 1, Some(expected)));
+        assert_eq!(k.next(), expected + 2);
+        let next = k.next();
+        k.sent();
+        assert!(k.observed(next, Some(next)));
+        // Numbers wrap past u32::MAX.
+        let mut k = ProbeKeys { next: u32::MAX };
+        k.sent();
+        assert_eq!(k.next(), 0);
+        assert!(k.observed(0, Some(0)));
+        assert_eq!(k.next(), 1);
     }
 
     #[test]

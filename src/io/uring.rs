@@ -21,13 +21,16 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
 
 use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
 use super::cmsg::{self, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use super::errors::{self, Backoff, ErrorAction, RingFailures};
+use super::mmsg::{self, MmsgBatch};
 use super::socket::{self, ListenSocket};
-use super::txtime::{Probe, SendProbe};
+use super::txtime::{Probe, ProbeKeys, SendProbe};
 use super::worker::{Datagram, Worker};
 use crate::clock;
 use crate::proto::{UnixTime, HEADER_LEN};
@@ -59,6 +62,9 @@ const MIN_WAIT_USEC: u32 = 50;
 const BUSY_COMPLETIONS: usize = 16;
 /// Longest wait before re-checking the stop flag.
 const IDLE_WAIT_NSEC: u32 = 100_000_000;
+/// Most `recvmmsg` batches that read a socket's backlog after its
+/// multishot receive ended early (see `UringWorker::sweep`).
+const SWEEP_BATCHES: usize = 16;
 const BUFFER_GROUP: u16 = 0;
 
 /// `user_data` tags: the kind in the top bits, an index below.
@@ -221,6 +227,53 @@ fn recv_template() -> libc::msghdr {
     m
 }
 
+/// Why a ring stopped serving.
+#[derive(Debug)]
+enum Failure {
+    /// The ring is unusable; a new one may work.
+    Ring(io::Error),
+    /// Nothing a new ring can fix (see [`errors::on_receive`]).
+    Fatal(io::Error),
+}
+
+/// How [`serve`] ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum UringError {
+    /// io_uring keeps failing on this worker (or cannot be set up again):
+    /// serve with the portable backend instead.
+    #[error("io_uring keeps failing: {0}")]
+    Unusable(io::Error),
+    /// The sockets are unusable: the worker must stop.
+    #[error(transparent)]
+    Fatal(io::Error),
+}
+
+/// What the ring loop keeps per listen socket.
+#[derive(Debug, Default)]
+struct SocketState {
+    /// Its multishot receive ended and must be armed again.
+    rearm: bool,
+    /// It ended on an error: not armed again before this.
+    resume_at: Option<Instant>,
+    /// Its receive ended (other than for lack of buffers): read what is
+    /// queued with `recvmmsg` before arming again.
+    sweep: bool,
+    backoff: Backoff,
+    keys: ProbeKeys,
+}
+
+/// A reply that asked for its kernel transmit timestamp.
+#[derive(Clone, Copy, Debug)]
+struct TxSample {
+    probe: Probe,
+    /// Its chunk's stamping time.
+    t0: UnixTime,
+    /// Its socket (index).
+    sock: usize,
+    /// Its `OPT_ID` number (see [`ProbeKeys`]).
+    key: u32,
+}
+
 /// Everything one worker's ring needs. Field order matters: the ring is
 /// dropped first, so the kernel stops using the buffers, templates and
 /// slots before they are freed.
@@ -230,7 +283,10 @@ struct UringWorker<'a> {
     templates: Box<[libc::msghdr]>,
     slots: SendSlots,
     sockets: &'a [ListenSocket],
-    rearm: Vec<bool>,
+    state: Vec<SocketState>,
+    /// Reads a socket's backlog when its multishot receive ended early
+    /// (an empty datagram ends it, see [`UringWorker::on_receive`]).
+    sweeper: MmsgBatch,
     can_min_wait: bool,
     /// How `io_uring_enter` waits: for completions, with the extended
     /// argument (timeout, minimum wait), and where the kernel allows (6.15+)
@@ -243,15 +299,18 @@ struct UringWorker<'a> {
     cqes: Vec<(u64, i32, u32)>,
     /// Replies built in this batch, in order: (send slot, socket index).
     pending: Vec<(u32, u32)>,
-    /// The last batch was big: do not linger waiting for the next.
+    /// The last batch was big, or receives were re-armed: do not linger
+    /// waiting for the next.
     busy: bool,
-    /// A reply that asked for its transmit timestamp, not read back yet:
-    /// which one, its chunk's stamping time, its socket.
-    tx_sample: Option<(Probe, UnixTime, i32)>,
+    /// A reply that asked for its transmit timestamp, not read back yet.
+    tx_sample: Option<TxSample>,
+    /// The send slot and socket of the last probe, until its send
+    /// completes: a failed send gives its number back.
+    probe_send: Option<(u32, usize)>,
 }
 
 /// Pushes an entry, submitting first if the queue is full.
-fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
+fn push(ring: &mut IoUring, entry: &squeue::Entry) -> Result<(), Failure> {
     loop {
         // SAFETY: every entry built in this module points at memory owned by
         // the `UringWorker` (receive templates, send slots) that outlives its
@@ -260,7 +319,23 @@ fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
         if unsafe { ring.submission().push(entry) }.is_ok() {
             return Ok(());
         }
-        ring.submit()?;
+        submit(ring)?;
+    }
+}
+
+/// Submits what is queued without waiting.
+fn submit(ring: &mut IoUring) -> Result<(), Failure> {
+    match ring.submit() {
+        Ok(_) => Ok(()),
+        Err(e) => enter_failed(e),
+    }
+}
+
+/// An `io_uring_enter` failed: carry on, or give the ring up.
+fn enter_failed(e: io::Error) -> Result<(), Failure> {
+    match errors::on_ring_enter(e.raw_os_error().unwrap_or(0)) {
+        ErrorAction::Continue => Ok(()),
+        _ => Err(Failure::Ring(e)),
     }
 }
 
@@ -284,25 +359,54 @@ impl<'a> UringWorker<'a> {
             templates: sockets.iter().map(|_| recv_template()).collect(),
             slots: SendSlots::new(SEND_SLOTS),
             sockets,
-            rearm: vec![true; sockets.len()],
+            state: sockets
+                .iter()
+                .map(|_| SocketState {
+                    rearm: true,
+                    ..SocketState::default()
+                })
+                .collect(),
+            sweeper: MmsgBatch::new(),
             can_min_wait,
             enter_flags,
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
             pending: Vec::with_capacity(SEND_SLOTS),
             busy: false,
             tx_sample: None,
+            probe_send: None,
         })
     }
 
-    /// Arms a multishot receive on every socket that needs one.
-    fn arm_receives(&mut self, worker: &mut Worker, first: bool) -> io::Result<()> {
+    /// Serves until `stop` is set or the ring fails.
+    fn run(&mut self, worker: &mut Worker, stop: &AtomicBool) -> Result<(), Failure> {
+        self.arm_receives(worker, true)?;
+        worker.ready();
+        while !stop.load(Ordering::Relaxed) {
+            self.submit_and_wait()?;
+            self.take_tx_sample(worker);
+            self.drain(worker)?;
+            self.sweep(worker)?;
+            self.arm_receives(worker, false)?;
+        }
+        Ok(())
+    }
+
+    /// Arms a multishot receive on every socket that needs one (and whose
+    /// pause after failing receives is over).
+    fn arm_receives(&mut self, worker: &mut Worker, first: bool) -> Result<(), Failure> {
+        let now = Instant::now();
         for i in 0..self.sockets.len() {
-            if !self.rearm[i] {
+            let st = &mut self.state[i];
+            if !st.rearm || st.resume_at.is_some_and(|t| t > now) {
                 continue;
             }
-            self.rearm[i] = false;
+            st.rearm = false;
+            st.resume_at = None;
             if !first {
                 worker.note_rearm();
+                // The new receive may find datagrams at once: look at its
+                // completions without lingering.
+                self.busy = true;
             }
             let entry =
                 opcode::RecvMsgMulti::new(Fixed(i as u32), &self.templates[i], BUFFER_GROUP)
@@ -313,19 +417,60 @@ impl<'a> UringWorker<'a> {
         Ok(())
     }
 
+    /// Reads, with `recvmmsg`, what waits on each socket whose multishot
+    /// receive ended early, before it is armed again: each empty datagram
+    /// ends a multishot receive (the kernel takes a zero-length read for
+    /// end of stream), so a flood of them would otherwise cost a re-arm
+    /// and a wait each and starve everyone else. Bounded to
+    /// [`SWEEP_BATCHES`] batches per socket.
+    fn sweep(&mut self, worker: &mut Worker) -> Result<(), Failure> {
+        for i in 0..self.sockets.len() {
+            if !std::mem::take(&mut self.state[i].sweep) {
+                continue;
+            }
+            let sock = &self.sockets[i];
+            for _ in 0..SWEEP_BATCHES {
+                match self.sweeper.serve(worker, sock, None, self.sockets) {
+                    Ok(n) if n < mmsg::BATCH => break,
+                    Ok(_) => {}
+                    Err(errno) => {
+                        self.receive_failed(worker, i, errno)?;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A receive on socket `i` failed with `errno`: count it and pause that
+    /// socket if failures repeat, or stop on a broken socket.
+    fn receive_failed(&mut self, worker: &mut Worker, i: usize, errno: i32) -> Result<(), Failure> {
+        if errors::on_receive(errno) == ErrorAction::Stop {
+            return Err(Failure::Fatal(io::Error::from_raw_os_error(errno)));
+        }
+        worker.note_receive_error(self.sockets[i].local, errno);
+        let st = &mut self.state[i];
+        let pause = st.backoff.failed();
+        if !pause.is_zero() {
+            st.resume_at = Some(Instant::now() + pause);
+        }
+        Ok(())
+    }
+
     /// Stamps this batch's replies with their predicted departures and
     /// sends them, in chunks of at most [`SEND_CHUNK`](super::txtime::SEND_CHUNK) (one by one at low
     /// rates, see [`Worker::send_chunk`]), each stamped just before it
     /// goes: all but the last are submitted at once, the last goes out with
     /// the next wait for completions. A batch of one chunk costs no system
     /// call of its own.
-    fn send_replies(&mut self, worker: &mut Worker) -> io::Result<()> {
+    fn send_replies(&mut self, worker: &mut Worker) -> Result<(), Failure> {
         let sends = self.pending.len();
         let chunk = worker.send_chunk(sends);
         let mut start = 0;
         while start < sends {
             let end = (start + chunk).min(sends);
-            // One probe at a time: the error queue must hold just its stamp.
+            // One probe at a time: only its stamp is expected back.
             let probe = match self.tx_sample {
                 None => worker.tx_probe_due(end - start),
                 Some(_) => None,
@@ -346,11 +491,20 @@ impl<'a> UringWorker<'a> {
                 worker.stamp_transmit(&mut self.slots.reply[slot], t0, position);
             }
             if let Some(p) = probe {
-                let (_, sock) = self.pending[start + p.position()];
-                self.tx_sample = Some((p, t0, self.sockets[sock as usize].fd()));
+                let (slot, sock) = self.pending[start + p.position()];
+                let keys = &mut self.state[sock as usize].keys;
+                let key = keys.next();
+                keys.sent();
+                self.tx_sample = Some(TxSample {
+                    probe: p,
+                    t0,
+                    sock: sock as usize,
+                    key,
+                });
+                self.probe_send = Some((slot, sock as usize));
             }
             if end < sends {
-                self.ring.submit()?;
+                submit(&mut self.ring)?;
             }
             start = end;
         }
@@ -359,7 +513,7 @@ impl<'a> UringWorker<'a> {
     }
 
     /// Queues the send of the reply in `slot` through socket `sock`.
-    fn push_send(&mut self, slot: u32, sock: u32) -> io::Result<()> {
+    fn push_send(&mut self, slot: u32, sock: u32) -> Result<(), Failure> {
         let s = slot as usize;
         let hdr = &self.slots.hdr[s];
         // Packet info needs a message header; otherwise a plain send with a
@@ -391,19 +545,22 @@ impl<'a> UringWorker<'a> {
     }
 
     /// Once the probed reply has gone out, learns from its kernel transmit
-    /// timestamp.
+    /// timestamp (matched by its number, so a late stamp of an earlier
+    /// probe is never taken for it).
     fn take_tx_sample(&mut self, worker: &mut Worker) {
-        if let Some((probe, t0, fd)) = self.tx_sample.take() {
-            if let Some(departed) = socket::take_tx_timestamp(fd) {
-                worker.observe_departure(probe, t0, departed, SendProbe::IO_URING);
+        if let Some(s) = self.tx_sample.take() {
+            let fd = self.sockets[s.sock].fd();
+            let keys = &mut self.state[s.sock].keys;
+            if let Some(departed) = socket::take_probe_timestamp(fd, keys, Some(s.key)) {
+                worker.observe_departure(s.probe, s.t0, departed, SendProbe::IO_URING);
             }
         }
     }
 
     /// Submits queued entries and waits for completions (or the idle
-    /// timeout).
-    fn submit_and_wait(&mut self) -> io::Result<()> {
-        let timeout = Timespec::new().nsec(IDLE_WAIT_NSEC);
+    /// timeout, shortened while a failing socket waits to be re-armed).
+    fn submit_and_wait(&mut self) -> Result<(), Failure> {
+        let timeout = self.wait_timeout();
         let args = SubmitArgs::new().timespec(&timeout);
         // One multishot receive is one task-work item however many
         // datagrams wait, so arrivals do not count towards `want`: while
@@ -430,20 +587,27 @@ impl<'a> UringWorker<'a> {
         };
         match entered {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
+            Err(e) => enter_failed(e),
         }
     }
 
+    /// The idle wait, or less if a paused socket is due to be re-armed.
+    fn wait_timeout(&self) -> Timespec {
+        let idle = Duration::from_nanos(IDLE_WAIT_NSEC as u64);
+        let now = Instant::now();
+        let wait = self
+            .state
+            .iter()
+            .filter_map(|st| st.resume_at)
+            .map(|t| t.saturating_duration_since(now))
+            .fold(idle, Duration::min);
+        Timespec::new()
+            .sec(wait.as_secs())
+            .nsec(wait.subsec_nanos())
+    }
+
     /// Handles every completion available.
-    fn drain(&mut self, worker: &mut Worker) -> io::Result<()> {
+    fn drain(&mut self, worker: &mut Worker) -> Result<(), Failure> {
         worker.begin_batch();
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
@@ -453,24 +617,43 @@ impl<'a> UringWorker<'a> {
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
         self.busy = cqes.len() >= BUSY_COMPLETIONS;
+        let mut outcome = Ok(());
         for &(user_data, result, flags) in &cqes {
             let index = (user_data & INDEX_MASK) as usize;
             match user_data & !INDEX_MASK {
-                TAG_RECV => self.on_receive(worker, index, result, flags)?,
-                TAG_SEND => {
-                    if result < 0 {
-                        worker.note_send_failures(1, -result);
+                TAG_RECV => {
+                    if let Err(f) = self.on_receive(worker, index, result, flags) {
+                        outcome = Err(f);
+                        break;
                     }
-                    self.slots.free.push(index as u32);
                 }
+                TAG_SEND => self.on_send(worker, index as u32, result),
                 _ => {}
             }
         }
         self.cqes = cqes;
+        outcome?;
         self.buffers.publish();
         self.send_replies(worker)?;
-        worker.end_batch();
+        worker.end_batch(self.sockets);
         Ok(())
+    }
+
+    /// The send of slot `slot` completed with `result`.
+    fn on_send(&mut self, worker: &mut Worker, slot: u32, result: i32) {
+        if result < 0 {
+            worker.note_send_failures(1, -result);
+        }
+        if let Some((probe_slot, sock)) = self.probe_send {
+            if probe_slot == slot {
+                self.probe_send = None;
+                if result < 0 {
+                    // It never left: its number was not used.
+                    self.state[sock].keys.unsent();
+                }
+            }
+        }
+        self.slots.free.push(slot);
     }
 
     fn on_receive(
@@ -479,20 +662,27 @@ impl<'a> UringWorker<'a> {
         sock: usize,
         result: i32,
         flags: u32,
-    ) -> io::Result<()> {
+    ) -> Result<(), Failure> {
         if !cqueue::more(flags) {
-            self.rearm[sock] = true;
+            let st = &mut self.state[sock];
+            st.rearm = true;
+            // Out of buffers: they are back after this batch and the queue
+            // is read by the next receive. Any other end (an empty
+            // datagram, an error): read the queue now (see `sweep`).
+            st.sweep = result != -libc::ENOBUFS;
         }
         if result < 0 {
             return match -result {
-                // Buffer ring ran dry, or a transient condition: re-armed
-                // after this batch, once the buffers are back.
-                libc::ENOBUFS | libc::EINTR | libc::EAGAIN | libc::ENOMEM | libc::ECANCELED => {
-                    Ok(())
+                // Buffer ring ran dry, or the receive was cancelled: armed
+                // again after this batch, once the buffers are back.
+                libc::ENOBUFS | libc::ECANCELED => Ok(()),
+                errno => {
+                    self.state[sock].sweep = false;
+                    self.receive_failed(worker, sock, errno)
                 }
-                errno => Err(io::Error::from_raw_os_error(errno)),
             };
         }
+        self.state[sock].backoff.succeeded();
         let Some(bid) = cqueue::buffer_select(flags) else {
             return Ok(());
         };
@@ -547,17 +737,32 @@ impl<'a> UringWorker<'a> {
     }
 }
 
-/// Serves `sockets` from one io_uring until `stop` is set.
-pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -> io::Result<()> {
-    let mut uw = UringWorker::new(sockets)?;
-    uw.arm_receives(worker, true)?;
-    while !stop.load(Ordering::Relaxed) {
-        uw.submit_and_wait()?;
-        uw.take_tx_sample(worker);
-        uw.drain(worker)?;
-        uw.arm_receives(worker, false)?;
+/// Serves `sockets` from an io_uring until `stop` is set. A ring that fails
+/// is replaced by a new one (counted and logged); if rings keep failing
+/// ([`RingFailures`]) or a new one cannot be set up, returns
+/// [`UringError::Unusable`] so the worker can go on with the portable
+/// backend. [`UringError::Fatal`] means the sockets themselves are broken.
+pub fn serve(
+    worker: &mut Worker,
+    sockets: &[ListenSocket],
+    stop: &AtomicBool,
+) -> Result<(), UringError> {
+    let mut failures = RingFailures::default();
+    loop {
+        let mut uw = UringWorker::new(sockets).map_err(UringError::Unusable)?;
+        match uw.run(worker, stop) {
+            Ok(()) => return Ok(()),
+            Err(Failure::Fatal(e)) => return Err(UringError::Fatal(e)),
+            Err(Failure::Ring(e)) => {
+                // The old ring goes first: its receives end with it.
+                drop(uw);
+                if failures.give_up(Instant::now()) {
+                    return Err(UringError::Unusable(e));
+                }
+                worker.note_ring_restart(&e);
+            }
+        }
     }
-    Ok(())
 }
 
 /// Checks that this kernel (and any seccomp policy around us) lets a worker

@@ -1,15 +1,19 @@
 //! The part of a worker that every I/O backend shares: for each batch, take
 //! the current [`ServerState`] from the snapshot; for each datagram, pick
-//! its receive time, run [`proto::respond`](crate::proto::respond) and
-//! count the outcome; after the batch, publish the counters. Backends only
-//! move bytes.
+//! its receive time, drop it if it waited too long ([`QueueBound`]), run
+//! [`proto::respond`](crate::proto::respond) and count the outcome; after
+//! the batch, publish the counters and resize the receive queues when the
+//! bound says so. Backends only move bytes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::warn;
 
 use super::counters::{Counters, SharedCounters};
+use super::errors::RateLimitedLog;
+use super::queue::QueueBound;
+use super::socket::{self, ListenSocket};
 use super::txtime::{ChunkLength, Probe, TxSchedule};
 use crate::clock;
 use crate::proto::{self, DropReason, ServerState, UnixTime, Verdict, HEADER_LEN};
@@ -22,8 +26,13 @@ pub struct Worker {
     expect_stamps: bool,
     counters: Counters,
     shared: Arc<SharedCounters>,
-    /// When a send failure was last logged.
-    last_send_warning: Option<Instant>,
+    send_log: RateLimitedLog,
+    receive_log: RateLimitedLog,
+    /// The clock when the current batch began.
+    batch_now: UnixTime,
+    queue: QueueBound,
+    /// Told once, when the backend is set up and about to serve.
+    ready: Option<std::sync::mpsc::Sender<()>>,
     /// Snapshot version `state` was loaded at.
     version: u64,
     /// The `t0` of the last chunk stamped (paces the transmit probes).
@@ -36,9 +45,6 @@ pub struct Worker {
 
 /// How often one reply is sampled for its kernel transmit timestamp.
 const TX_SAMPLE_INTERVAL_NANOS: u32 = 100_000_000;
-
-/// Send failures are logged at most this often (they are always counted).
-const SEND_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// One received datagram, as a backend hands it over.
 #[derive(Clone, Copy, Debug)]
@@ -54,11 +60,13 @@ pub struct Datagram<'a> {
 impl Worker {
     /// A worker reading `snapshot`, publishing its counters to `shared`.
     /// `expect_stamps`: kernel timestamps were requested, so a missing one
-    /// is counted.
+    /// is counted; `queue`: how long a request may wait in the receive
+    /// queue (it needs those timestamps).
     pub fn new(
         snapshot: snapshot::Reader,
         expect_stamps: bool,
         shared: Arc<SharedCounters>,
+        queue: QueueBound,
     ) -> Self {
         let version = snapshot.version();
         let state = snapshot.load();
@@ -68,7 +76,11 @@ impl Worker {
             expect_stamps,
             counters: Counters::default(),
             shared,
-            last_send_warning: None,
+            send_log: RateLimitedLog::default(),
+            receive_log: RateLimitedLog::default(),
+            batch_now: UnixTime::default(),
+            queue,
+            ready: None,
             version,
             last_t0: UnixTime::default(),
             tx_schedule: TxSchedule::default(),
@@ -77,9 +89,26 @@ impl Worker {
         }
     }
 
-    /// Starts a batch: picks up the latest published state, if a new one
-    /// was published.
+    /// Has [`Worker::ready`] tell `signal` when the backend is set up.
+    pub fn set_ready_signal(&mut self, signal: std::sync::mpsc::Sender<()>) {
+        self.ready = Some(signal);
+    }
+
+    /// The backend is set up (buffers allocated, receives armed): requests
+    /// are read from now on. Called by the backends before their loop; says
+    /// so once.
+    pub fn ready(&mut self) {
+        if let Some(signal) = self.ready.take() {
+            // The receiver is gone only if start-up was abandoned.
+            let _ = signal.send(());
+        }
+    }
+
+    /// Starts a batch: reads the clock (the age of the batch's requests is
+    /// taken against it) and picks up the latest published state, if a new
+    /// one was published.
     pub fn begin_batch(&mut self) {
+        self.batch_now = clock::now();
         let version = self.snapshot.version();
         if version != self.version {
             self.state = self.snapshot.load();
@@ -95,7 +124,13 @@ impl Worker {
             return false;
         }
         let received = match dgram.rx_stamp {
-            Some(t) => t,
+            Some(t) => {
+                if self.queue.is_stale(t, self.batch_now) {
+                    self.count_drop(DropReason::Stale);
+                    return false;
+                }
+                t
+            }
             None => {
                 if self.expect_stamps {
                     self.counters.missing_rx_stamp += 1;
@@ -136,17 +171,41 @@ impl Worker {
     fn count_send_failures(&mut self, failed: u64, errno: i32) {
         self.counters.replied = self.counters.replied.saturating_sub(failed);
         self.counters.send_errors += failed;
-        let due = self
-            .last_send_warning
-            .is_none_or(|t| t.elapsed() >= SEND_WARNING_INTERVAL);
-        if due {
-            self.last_send_warning = Some(Instant::now());
+        if self.send_log.due() {
             let err = std::io::Error::from_raw_os_error(errno);
             warn!(
                 "replies could not be sent ({err}); {} send errors so far (logged at most once a minute)",
                 self.counters.send_errors
             );
         }
+    }
+
+    /// A receive on socket `local` failed with `errno`, which the worker
+    /// survives (see [`super::errors::on_receive`]): counted, logged at
+    /// most once a minute.
+    #[cold]
+    pub fn note_receive_error(&mut self, local: std::net::SocketAddr, errno: i32) {
+        self.counters.receive_errors += 1;
+        if self.receive_log.due() {
+            let err = std::io::Error::from_raw_os_error(errno);
+            warn!(
+                "receive on {local} failed ({err}); serving on. {} receive errors so far \
+                 (logged at most once a minute)",
+                self.counters.receive_errors
+            );
+        }
+        self.shared.publish(&self.counters);
+    }
+
+    /// The io_uring instance failed with `err` and is being rebuilt.
+    #[cold]
+    pub fn note_ring_restart(&mut self, err: &std::io::Error) {
+        self.counters.ring_restarts += 1;
+        warn!(
+            "io_uring failed ({err}); building a new ring ({} so far)",
+            self.counters.ring_restarts
+        );
+        self.shared.publish(&self.counters);
     }
 
     /// How many of a batch's `replies` to stamp and hand to the kernel at
@@ -195,9 +254,28 @@ impl Worker {
         self.counters.rearms += 1;
     }
 
-    /// Ends a batch: publishes the counters.
-    pub fn end_batch(&self) {
+    /// Ends a batch on `sockets`: publishes the counters and, a few times a
+    /// second, resizes their receive queues if the [`QueueBound`] says so.
+    pub fn end_batch(&mut self, sockets: &[ListenSocket]) {
         self.shared.publish(&self.counters);
+        if self.expect_stamps && self.queue.due(self.batch_now) {
+            self.bound_queues(sockets);
+        }
+    }
+
+    #[cold]
+    fn bound_queues(&mut self, sockets: &[ListenSocket]) {
+        let drops = sockets
+            .iter()
+            .filter_map(|s| socket::kernel_drops(&s.socket).ok())
+            .map(u64::from)
+            .sum();
+        if let Some(bytes) = self.queue.adjust(self.batch_now, drops) {
+            for s in sockets {
+                // Best effort: a refusal leaves the queue as it was.
+                let _ = socket::set_receive_queue(&s.socket, bytes);
+            }
+        }
     }
 }
 
@@ -209,7 +287,12 @@ mod tests {
         let (_publisher, reader) = snapshot::new(&ServerState::unsynchronized(-20));
         let shared = Arc::new(SharedCounters::default());
         (
-            Worker::new(reader, expect_stamps, Arc::clone(&shared)),
+            Worker::new(
+                reader,
+                expect_stamps,
+                Arc::clone(&shared),
+                QueueBound::new(crate::io::queue::DEFAULT_MAX_DELAY),
+            ),
             shared,
         )
     }
@@ -254,12 +337,22 @@ mod tests {
             },
             &mut out
         ));
+        // Waited a second in the queue: dropped as stale, unanswered.
+        let old = stamp.map(|t| UnixTime::new(t.secs - 1, t.nanos));
+        assert!(!w.handle(
+            Datagram {
+                rx_stamp: old,
+                ..ok
+            },
+            &mut out
+        ));
         w.note_send_failures(1, libc::EAGAIN);
         w.note_send_failures(0, libc::EAGAIN);
         w.note_rearm();
-        w.end_batch();
+        w.end_batch(&[]);
         let c = shared.load();
-        assert_eq!(c.received, 4);
+        assert_eq!(c.received, 5);
+        assert_eq!(c.dropped(DropReason::Stale), 1);
         assert_eq!(c.replied, 1);
         assert_eq!(c.send_errors, 1);
         assert_eq!(c.missing_rx_stamp, 1);
@@ -281,7 +374,7 @@ mod tests {
             },
             &mut out,
         );
-        w.end_batch();
+        w.end_batch(&[]);
         assert_eq!(shared.load().missing_rx_stamp, 0);
         assert_eq!(shared.load().replied, 1);
     }

@@ -25,17 +25,23 @@ pub enum DropReason {
     /// Larger than the receive buffer (the I/O layer reports it; `respond`
     /// never sees such a datagram whole).
     Oversize,
+    /// Waited in the receive queue longer than the server's queue-delay
+    /// limit (the I/O layer decides, from the kernel receive timestamp):
+    /// under overload, answering it would only delay the fresh requests
+    /// behind it, and its client has likely given up.
+    Stale,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::TooShort,
         DropReason::BadLength,
         DropReason::UnsupportedVersion,
         DropReason::NotClientMode,
         DropReason::MalformedExtension,
         DropReason::Oversize,
+        DropReason::Stale,
     ];
 
     /// Position in [`DropReason::ALL`], for counter arrays.
@@ -52,6 +58,7 @@ impl DropReason {
             DropReason::NotClientMode => "not_client_mode",
             DropReason::MalformedExtension => "malformed_extension",
             DropReason::Oversize => "oversize",
+            DropReason::Stale => "stale",
         }
     }
 }

@@ -51,37 +51,60 @@ impl Io {
 /// Makes `cmd`'s process fail `io_uring_setup` with EPERM, as a container
 /// seccomp profile that refuses io_uring does.
 pub fn deny_io_uring(cmd: &mut Command) {
+    seccomp_errno(
+        cmd,
+        &[SyscallFault {
+            nr: libc::SYS_io_uring_setup,
+            arg_bits: None,
+            errno: libc::EPERM,
+        }],
+    );
+}
+
+/// One system call a seccomp filter makes fail.
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallFault {
+    /// The system call number.
+    pub nr: libc::c_long,
+    /// Only calls whose argument `.0` (low 32 bits) has a bit of `.1` set.
+    pub arg_bits: Option<(u32, u32)>,
+    /// The error it returns.
+    pub errno: i32,
+}
+
+/// Makes `cmd`'s process fail the system calls `faults` describe, with
+/// their errno (a seccomp filter installed between fork and exec, after
+/// `PR_SET_NO_NEW_PRIVS`): the kernel errors a server must survive, on
+/// demand.
+pub fn seccomp_errno(cmd: &mut Command, faults: &[SyscallFault]) {
     use std::os::unix::process::CommandExt;
     const RET_ERRNO: u32 = 0x0005_0000;
     const RET_ALLOW: u32 = 0x7fff_0000;
-    let filter = [
-        // A = seccomp_data.nr
-        libc::sock_filter {
-            code: 0x20,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        // if A == io_uring_setup, fall through to EPERM, else skip it
-        libc::sock_filter {
-            code: 0x15,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_io_uring_setup as u32,
-        },
-        libc::sock_filter {
-            code: 0x06,
-            jt: 0,
-            jf: 0,
-            k: RET_ERRNO | libc::EPERM as u32,
-        },
-        libc::sock_filter {
-            code: 0x06,
-            jt: 0,
-            jf: 0,
-            k: RET_ALLOW,
-        },
-    ];
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JSET_K: u16 = 0x45;
+    const RET_K: u16 = 0x06;
+    /// `offsetof(struct seccomp_data, args)` (nr, arch, instruction pointer).
+    const ARGS_AT: u32 = 16;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut filter = Vec::new();
+    for f in faults {
+        let ret = insn(RET_K, 0, 0, RET_ERRNO | f.errno as u32);
+        filter.push(insn(LD_W_ABS, 0, 0, 0));
+        match f.arg_bits {
+            None => {
+                filter.push(insn(JEQ_K, 0, 1, f.nr as u32));
+                filter.push(ret);
+            }
+            Some((arg, bits)) => {
+                filter.push(insn(JEQ_K, 0, 3, f.nr as u32));
+                filter.push(insn(LD_W_ABS, 0, 0, ARGS_AT + 8 * arg));
+                filter.push(insn(JSET_K, 0, 1, bits));
+                filter.push(ret);
+            }
+        }
+    }
+    filter.push(insn(RET_K, 0, 0, RET_ALLOW));
     // SAFETY: the closure runs between fork and exec and only makes two
     // prctl system calls (async-signal-safe) on data owned by the closure.
     unsafe {
@@ -144,8 +167,10 @@ pub fn write_temp(stem: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
-pub fn fastntpd_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_fastntpd")
+/// The `fastntpd` under test: this build's, or the one `FASTNTPD_BIN`
+/// names (to show what a test finds in another build, e.g. an older one).
+pub fn fastntpd_bin() -> String {
+    std::env::var("FASTNTPD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fastntpd").to_owned())
 }
 
 impl Fastntpd {
@@ -229,6 +254,41 @@ impl Fastntpd {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Ends it with SIGKILL (no clean-up of any kind) and waits for it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+    }
+
+    /// CPU time its threads have used so far (from the scheduler's
+    /// per-thread accounting, nanoseconds, not clock ticks).
+    pub fn cpu_time(&self) -> Duration {
+        let mut total = 0u64;
+        let tasks = format!("/proc/{}/task", self.child.id());
+        for task in std::fs::read_dir(tasks).expect("task list").flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue; // a thread that just ended
+            };
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Duration::from_nanos(total)
+    }
+
+    /// Reads what it logged until `timeout` passes or it exits.
+    pub fn collect_log(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.log.push(line);
+        }
+    }
+
     /// Sends SIGTERM, waits for a clean exit and returns the final counters
     /// of each worker, parsed from the log.
     pub fn stop(self) -> Vec<WorkerStats> {
@@ -300,6 +360,8 @@ pub struct WorkerStats {
     pub dropped: u64,
     pub reasons: Vec<(String, u64)>,
     pub missing_rx_stamps: u64,
+    pub receive_errors: u64,
+    pub ring_restarts: u64,
 }
 
 impl WorkerStats {
@@ -324,6 +386,8 @@ impl WorkerStats {
         s.replied = number("replied ")?;
         s.dropped = number("dropped ")?;
         s.missing_rx_stamps = number("missing rx stamps ")?;
+        s.receive_errors = number("receive errors ").unwrap_or(0);
+        s.ring_restarts = number("ring restarts ").unwrap_or(0);
         if let Some(inner) = rest.split_once(" (").and_then(|(_, r)| r.split_once(')')) {
             for pair in inner.0.split(", ") {
                 let (k, v) = pair.split_once('=')?;
@@ -351,6 +415,8 @@ pub fn total(stats: &[WorkerStats]) -> WorkerStats {
         t.replied += s.replied;
         t.dropped += s.dropped;
         t.missing_rx_stamps += s.missing_rx_stamps;
+        t.receive_errors += s.receive_errors;
+        t.ring_restarts += s.ring_restarts;
         for (k, v) in &s.reasons {
             match t.reasons.iter_mut().find(|(tk, _)| tk == k) {
                 Some((_, tv)) => *tv += v,
