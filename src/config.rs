@@ -33,15 +33,65 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is well-formed but not acceptable.
-    #[error("{path}: `{key}`: {message}")]
+    #[error("{path}: {}`{key}`: {message}", line_prefix(.line))]
     Invalid {
         /// The file (or `<string>`).
         path: PathBuf,
+        /// The line the key is on (1-based), when it is in the file.
+        line: Option<usize>,
         /// The offending key, as `section.key`.
         key: &'static str,
         /// What is wrong and what is allowed.
         message: String,
     },
+}
+
+fn line_prefix(line: &Option<usize>) -> String {
+    line.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+/// A value that validation refused, before it is placed in the file.
+#[derive(Debug)]
+struct Invalid {
+    /// `section.key`.
+    key: &'static str,
+    /// Which `[[upstream]]` entry, for keys of one.
+    entry: Option<usize>,
+    message: String,
+}
+
+fn invalid(key: &'static str, message: String) -> Invalid {
+    Invalid {
+        key,
+        entry: None,
+        message,
+    }
+}
+
+/// The line (1-based) of `key` (`section.key`; in entry `entry` of an
+/// array of tables such as `[[upstream]]`) in the TOML `text`, if it is
+/// written there.
+fn line_of(text: &str, key: &str, entry: Option<usize>) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let (section, name) = key.split_once('.')?;
+    let root = DeTable::parse(text).ok()?;
+    fn find<'i>(table: &DeTable<'i>, name: &str) -> Option<(std::ops::Range<usize>, DeValue<'i>)> {
+        table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == name)
+            .map(|(k, v)| (k.span(), v.get_ref().clone()))
+    }
+    let (section_span, value) = find(root.get_ref(), section)?;
+    let table = match (value, entry) {
+        (DeValue::Table(t), _) => t,
+        (DeValue::Array(a), Some(i)) => match a.get(i)?.get_ref() {
+            DeValue::Table(t) => t.clone(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let at = find(&table, name).map_or(section_span.start, |(span, _)| span.start);
+    Some(text[..at].matches('\n').count() + 1)
 }
 
 /// The whole configuration.
@@ -437,16 +487,16 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        config.validate(origin)?;
+        config.validate().map_err(|e| ConfigError::Invalid {
+            path: origin.to_owned(),
+            line: line_of(text, e.key, e.entry),
+            key: e.key,
+            message: e.message,
+        })?;
         Ok(config)
     }
 
-    fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| ConfigError::Invalid {
-            path: origin.to_owned(),
-            key,
-            message,
-        };
+    fn validate(&self) -> Result<(), Invalid> {
         let listen = &self.server.listen;
         if listen.is_empty() {
             return Err(invalid(
@@ -484,16 +534,11 @@ impl Config {
                 ));
             }
         }
-        self.validate_clock(origin)?;
-        self.validate_upstreams(origin)
+        self.validate_clock()?;
+        self.validate_upstreams()
     }
 
-    fn validate_clock(&self, origin: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| ConfigError::Invalid {
-            path: origin.to_owned(),
-            key,
-            message,
-        };
+    fn validate_clock(&self) -> Result<(), Invalid> {
         let clock = &self.clock;
         for (key, value) in [
             ("clock.step-threshold", clock.step_threshold),
@@ -537,55 +582,24 @@ impl Config {
         Ok(())
     }
 
-    fn validate_upstreams(&self, origin: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| ConfigError::Invalid {
-            path: origin.to_owned(),
-            key,
-            message,
-        };
+    fn validate_upstreams(&self) -> Result<(), Invalid> {
         let mut seen = HashSet::new();
-        for up in &self.upstreams {
-            let (host, port) = up
-                .host_port()
-                .map_err(|e| invalid("upstream.address", e.to_string()))?;
-            if !seen.insert((host.to_ascii_lowercase(), port)) {
-                return Err(invalid(
-                    "upstream.address",
-                    format!("`{}` is listed twice", up.address),
-                ));
-            }
-            for (key, poll) in [
-                ("upstream.min-poll", up.min_poll),
-                ("upstream.max-poll", up.max_poll),
-            ] {
-                if !(MIN_POLL_LIMIT..=MAX_POLL_LIMIT).contains(&poll) {
-                    return Err(invalid(
-                        key,
-                        format!(
-                            "{poll} (upstream `{}`) is out of range; use {MIN_POLL_LIMIT} to \
-                             {MAX_POLL_LIMIT} (log2 seconds)",
-                            up.address
-                        ),
-                    ));
-                }
-            }
-            if up.min_poll > up.max_poll {
-                return Err(invalid(
-                    "upstream.min-poll",
-                    format!(
-                        "{} is above max-poll {} (upstream `{}`)",
-                        up.min_poll, up.max_poll, up.address
-                    ),
-                ));
-            }
+        for (i, up) in self.upstreams.iter().enumerate() {
+            validate_upstream(up, &mut seen).map_err(|e| Invalid {
+                entry: Some(i),
+                ..e
+            })?;
         }
         Ok(())
     }
 
     /// Things that are allowed but probably not meant, one message each
-    /// (logged at start, not errors).
+    /// (logged at start and printed by `--check-config`, not errors). The
+    /// files named are checked by whoever reads them (see
+    /// `server::preflight`).
     pub fn warnings(&self) -> Vec<String> {
-        self.upstreams
+        let mut out: Vec<String> = self
+            .upstreams
             .iter()
             .filter(|u| u.min_poll < MIN_POLL_WARN)
             .map(|u| {
@@ -597,8 +611,61 @@ impl Config {
                     1u32 << MIN_POLL_WARN
                 )
             })
-            .collect()
+            .collect();
+        if let (Some(path), mode) = (&self.clock.drift_file, self.clock.discipline) {
+            if mode != DisciplineMode::Kernel {
+                out.push(format!(
+                    "`clock.drift-file` ({}) is only used with discipline = \"kernel\"; \
+                     ignored with \"{}\"",
+                    path.display(),
+                    mode.name()
+                ));
+            }
+        }
+        out
     }
+}
+
+/// One `[[upstream]]` entry; `seen` holds the (host, port) of the entries
+/// before it.
+fn validate_upstream(
+    up: &UpstreamConfig,
+    seen: &mut HashSet<(String, u16)>,
+) -> Result<(), Invalid> {
+        let (host, port) = up
+            .host_port()
+            .map_err(|e| invalid("upstream.address", e.to_string()))?;
+        if !seen.insert((host.to_ascii_lowercase(), port)) {
+            return Err(invalid(
+                "upstream.address",
+                format!("`{}` is listed twice", up.address),
+            ));
+        }
+        for (key, poll) in [
+            ("upstream.min-poll", up.min_poll),
+            ("upstream.max-poll", up.max_poll),
+        ] {
+            if !(MIN_POLL_LIMIT..=MAX_POLL_LIMIT).contains(&poll) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{poll} (upstream `{}`) is out of range; use {MIN_POLL_LIMIT} to \
+                         {MAX_POLL_LIMIT} (log2 seconds)",
+                        up.address
+                    ),
+                ));
+            }
+        }
+        if up.min_poll > up.max_poll {
+            return Err(invalid(
+                "upstream.min-poll",
+                format!(
+                    "{} is above max-poll {} (upstream `{}`)",
+                    up.min_poll, up.max_poll, up.address
+                ),
+            ));
+        }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -700,7 +767,7 @@ mod tests {
         assert_eq!(c.upstreams[0].kind, UpstreamKind::Pool);
         assert!(c.upstreams[0].iburst);
         assert_eq!((c.upstreams[0].min_poll, c.upstreams[0].max_poll), (6, 10));
-        assert!(c.validate(Path::new("builtin")).is_ok());
+        assert!(c.validate().is_ok());
         assert!(c.warnings().is_empty());
     }
 
@@ -817,6 +884,35 @@ mod tests {
             assert!(err.contains(needle), "{text:?}: {err}");
         }
         assert!(parse("[clock]\ndiscipline = \"external\"\nlocal-stratum = 1").is_ok());
+    }
+
+    #[test]
+    fn value_errors_name_the_line_of_their_key() {
+        let text = "[server]\nworkers = 2\n\n[clock]\nlocal-stratum = 99\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("line 5: `clock.local-stratum`"), "{err}");
+        // The second [[upstream]] entry's key, not the first one's.
+        let text = "[[upstream]]\naddress = \"a\"\nmin-poll = 3\n[[upstream]]\n\
+                    address = \"b\"\nmin-poll = 30\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("line 6: `upstream.min-poll`"), "{err}");
+        // A key left at its default: the line of its section.
+        let text = "[server]\nworkers = 1\n[clock]\nstep-threshold = 2000\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("line 3: `clock.panic-threshold`"), "{err}");
+        let text = "[clock]\nstep-threshold = 5\n";
+        let err = parse(&format!("{text}panic-threshold = 2\n")).unwrap_err();
+        assert!(err.to_string().contains("line 3:"), "{err}");
+    }
+
+    #[test]
+    fn a_drift_file_outside_kernel_mode_is_a_warning() {
+        let c = parse("[clock]\ndrift-file = \"/var/lib/fastntpd/drift\"\n").unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("only used with discipline = \"kernel\""), "{w:?}");
+        let c = parse("[clock]\ndiscipline = \"kernel\"\ndrift-file = \"/x\"\n").unwrap();
+        assert!(c.warnings().is_empty());
     }
 
     #[test]

@@ -52,8 +52,19 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = args.check_config {
         return match Config::load(&path) {
-            Ok(_) => {
-                println!("{}: configuration OK", path.display());
+            Ok(config) => {
+                let warnings = fastntp::server::preflight(&config);
+                for w in &warnings {
+                    eprintln!("fastntpd: warning: {w}");
+                }
+                match warnings.len() {
+                    0 => println!("{}: configuration OK", path.display()),
+                    n => println!(
+                        "{}: configuration OK, with {n} warning{} (above)",
+                        path.display(),
+                        if n == 1 { "" } else { "s" }
+                    ),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),

@@ -330,6 +330,36 @@ impl Server {
     }
 }
 
+/// Everything `fastntpd` would warn about when starting with `config`,
+/// short of running it: the configuration's own warnings and the state of
+/// the files it names (a leap-second list that cannot be read or has
+/// expired, a drift file that cannot be used). `--check-config` prints
+/// them.
+pub fn preflight(config: &Config) -> Vec<String> {
+    use crate::config::DisciplineMode;
+    use crate::discipline::{drift, leapfile::LeapTable};
+    let mut out = config.warnings();
+    if let Some(path) = &config.clock.leap_file {
+        match LeapTable::load(path) {
+            Ok(table) if table.expired(clock::now().secs) => out.push(format!(
+                "the leap-second file {} has expired; update it (tzdata) — the upstreams' \
+                 leap indicator is used meanwhile",
+                path.display()
+            )),
+            Ok(_) => {}
+            Err(e) => out.push(format!("{e}; leap seconds come from the upstreams only")),
+        }
+    }
+    if let (Some(path), DisciplineMode::Kernel) =
+        (&config.clock.drift_file, config.clock.discipline)
+    {
+        if let Err(e) = drift::read(path) {
+            out.push(format!("{e}; the kernel's current frequency is used instead"));
+        }
+    }
+    out
+}
+
 /// Longest wait for the workers to set their backends up.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 

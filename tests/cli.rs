@@ -117,3 +117,37 @@ fn sigint_stops_all_workers_cleanly() {
     let stats = server.stop_with(libc::SIGINT);
     assert_eq!(stats.len(), 2);
 }
+
+/// `--check-config` reports every warning the server would log when
+/// started with the same file (and still passes it: warnings are not
+/// errors).
+#[test]
+fn check_config_reports_the_warnings_a_start_would_log() {
+    let text = "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\
+                [clock]\nlocal-stratum = 10\ndrift-file = \"/var/lib/fastntpd/drift\"\n\
+                leap-file = \"/nonexistent/leap-seconds.list\"\n\
+                [[upstream]]\naddress = \"127.0.0.1:9\"\nmin-poll = 0\nmax-poll = 1\n";
+    let path = write_temp("warn.toml", text);
+    let out = fastntpd(&["--check-config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let warnings: Vec<String> = stderr(&out)
+        .lines()
+        .filter_map(|l| l.strip_prefix("fastntpd: warning: "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 3, "{}", stderr(&out));
+    for needle in ["min-poll 0", "drift-file", "leap-second file"] {
+        assert!(
+            warnings.iter().any(|w| w.contains(needle)),
+            "no warning about {needle}: {warnings:#?}"
+        );
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 warnings"));
+    // The same lines, word for word, when it starts.
+    let server = Fastntpd::start(text);
+    let log = server.log.join("\n");
+    for w in &warnings {
+        assert!(log.contains(w.as_str()), "not logged at start: {w}\n{log}");
+    }
+    server.stop();
+}

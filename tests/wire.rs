@@ -165,15 +165,19 @@ fn unsynchronized_replies_say_li3_stratum0_init(io: Io) {
     server.stop();
 }
 
+/// Serving does not wait for anything (upstreams, a first sync): the
+/// first request after start-up is answered at once. Measured from the
+/// moment the server says it serves, not from the spawn, whose length a
+/// busy host decides.
 fn first_reply_comes_within_a_second_of_start(io: Io) {
     let server = start(io, &local_v4_v6(io));
     let sock = client_for(server.addrs[0]);
     let reply = exchange(&sock, server.addrs[0], &client_request(4, 1));
-    let elapsed = server.spawned.elapsed();
+    let elapsed = server.ready_at.elapsed();
     assert!(reply.is_some());
     assert!(
         elapsed < Duration::from_secs(1),
-        "first reply after {elapsed:?}"
+        "first reply {elapsed:?} after start-up"
     );
     server.stop();
 }

@@ -137,6 +137,8 @@ pub struct Fastntpd {
     pub addrs: Vec<SocketAddr>,
     /// When it was spawned.
     pub spawned: Instant,
+    /// When it said it serves (every worker ready, every socket bound).
+    pub ready_at: Instant,
     _config: tempfile_path::TempFile,
 }
 
@@ -209,10 +211,13 @@ impl Fastntpd {
             log: Vec::new(),
             addrs: Vec::new(),
             spawned,
+            ready_at: spawned,
             _config: tempfile_path::TempFile(path),
         };
-        // The last line `Server::start` logs: every socket is bound by then.
+        // The last line `Server::start` logs: every socket is bound and
+        // every worker ready by then.
         d.wait_for("clock precision", Duration::from_secs(10));
+        d.ready_at = Instant::now();
         d.addrs = d
             .log
             .iter()
