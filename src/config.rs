@@ -632,39 +632,39 @@ fn validate_upstream(
     up: &UpstreamConfig,
     seen: &mut HashSet<(String, u16)>,
 ) -> Result<(), Invalid> {
-        let (host, port) = up
-            .host_port()
-            .map_err(|e| invalid("upstream.address", e.to_string()))?;
-        if !seen.insert((host.to_ascii_lowercase(), port)) {
+    let (host, port) = up
+        .host_port()
+        .map_err(|e| invalid("upstream.address", e.to_string()))?;
+    if !seen.insert((host.to_ascii_lowercase(), port)) {
+        return Err(invalid(
+            "upstream.address",
+            format!("`{}` is listed twice", up.address),
+        ));
+    }
+    for (key, poll) in [
+        ("upstream.min-poll", up.min_poll),
+        ("upstream.max-poll", up.max_poll),
+    ] {
+        if !(MIN_POLL_LIMIT..=MAX_POLL_LIMIT).contains(&poll) {
             return Err(invalid(
-                "upstream.address",
-                format!("`{}` is listed twice", up.address),
-            ));
-        }
-        for (key, poll) in [
-            ("upstream.min-poll", up.min_poll),
-            ("upstream.max-poll", up.max_poll),
-        ] {
-            if !(MIN_POLL_LIMIT..=MAX_POLL_LIMIT).contains(&poll) {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "{poll} (upstream `{}`) is out of range; use {MIN_POLL_LIMIT} to \
-                         {MAX_POLL_LIMIT} (log2 seconds)",
-                        up.address
-                    ),
-                ));
-            }
-        }
-        if up.min_poll > up.max_poll {
-            return Err(invalid(
-                "upstream.min-poll",
+                key,
                 format!(
-                    "{} is above max-poll {} (upstream `{}`)",
-                    up.min_poll, up.max_poll, up.address
+                    "{poll} (upstream `{}`) is out of range; use {MIN_POLL_LIMIT} to \
+                         {MAX_POLL_LIMIT} (log2 seconds)",
+                    up.address
                 ),
             ));
         }
+    }
+    if up.min_poll > up.max_poll {
+        return Err(invalid(
+            "upstream.min-poll",
+            format!(
+                "{} is above max-poll {} (upstream `{}`)",
+                up.min_poll, up.max_poll, up.address
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -910,7 +910,10 @@ mod tests {
         let c = parse("[clock]\ndrift-file = \"/var/lib/fastntpd/drift\"\n").unwrap();
         let w = c.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("only used with discipline = \"kernel\""), "{w:?}");
+        assert!(
+            w[0].contains("only used with discipline = \"kernel\""),
+            "{w:?}"
+        );
         let c = parse("[clock]\ndiscipline = \"kernel\"\ndrift-file = \"/x\"\n").unwrap();
         assert!(c.warnings().is_empty());
     }

@@ -354,7 +354,9 @@ pub fn preflight(config: &Config) -> Vec<String> {
         (&config.clock.drift_file, config.clock.discipline)
     {
         if let Err(e) = drift::read(path) {
-            out.push(format!("{e}; the kernel's current frequency is used instead"));
+            out.push(format!(
+                "{e}; the kernel's current frequency is used instead"
+            ));
         }
     }
     out

@@ -52,8 +52,12 @@ use crate::proto::UnixTime;
 
 /// Samples before a term is trusted.
 const MIN_SAMPLES: u16 = 8;
-/// How fast a term's lower envelope creeps up per sample.
+/// How fast a term's lower envelope creeps up per sample: by this share of
+/// itself…
 const CREEP: f64 = 0.01;
+/// …plus this much (ns), so that an envelope that met a zero sample does
+/// not stay at zero for good.
+const CREEP_FLOOR_NANOS: f64 = 2.0;
 /// Longest believable lead (nanoseconds); longer samples were preempted.
 const MAX_LEAD_NANOS: f64 = 50_000.0;
 /// Per-send samples are kept in this range (nanoseconds).
@@ -208,7 +212,7 @@ impl Envelope {
         self.nanos = if self.samples == 0 {
             sample
         } else {
-            sample.min(self.nanos * (1.0 + CREEP))
+            sample.min(self.nanos * (1.0 + CREEP) + CREEP_FLOOR_NANOS)
         };
         self.samples = self.samples.saturating_add(1);
     }
@@ -432,7 +436,7 @@ mod tests {
         let lead = s.lead().as_nanos() as u64;
         let per_send = s.per_send().as_nanos() as u64;
         assert!((2_000..2_100).contains(&lead), "{lead}");
-        assert!((1_880..1_960).contains(&per_send), "{per_send}");
+        assert!((1_880..1_990).contains(&per_send), "{per_send}");
         // Across the second boundary, from the start of the first slot on.
         let d3 = s.departure(T0, 3);
         assert_eq!(d3.secs, 101);
@@ -456,6 +460,17 @@ mod tests {
         assert_eq!(s.next_probe(SEND_CHUNK), Probe::Lead);
         assert_eq!(s.next_probe(2), Probe::Lead);
         assert_eq!(s.next_probe(2), Probe::Lead);
+    }
+
+    #[test]
+    fn an_envelope_that_met_a_zero_sample_recovers() {
+        let mut e = Envelope::default();
+        e.observe(0.0);
+        for _ in 0..2_000 {
+            e.observe(2_000.0);
+        }
+        let got = e.get().unwrap();
+        assert!((1_900.0..=2_000.0).contains(&got), "stuck at {got}");
     }
 
     #[test]
