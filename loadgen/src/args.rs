@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::error::ArgError;
+use crate::junk::{self, JunkClass};
 use crate::matching;
 
 /// The NTP port, used when the target names none.
@@ -26,8 +27,9 @@ pub struct Cli {
     /// (port 123 when none is given).
     pub target: String,
 
-    /// Offered rate in requests per second (k and M suffixes allowed: 50k).
-    #[arg(long, default_value = "1000", value_parser = parse_rate, conflicts_with = "sweep")]
+    /// Offered rate in requests per second (k and M suffixes allowed: 50k);
+    /// 0 only with --junk (a flood without measured requests).
+    #[arg(long, default_value = "1000", value_parser = parse_rate_or_zero, conflicts_with = "sweep")]
     pub rate: f64,
 
     /// How long to send, per run or per sweep step: seconds, or with a
@@ -49,7 +51,8 @@ pub struct Cli {
     #[arg(long, default_value = "1.25", value_parser = parse_factor, requires = "sweep")]
     pub step_factor: f64,
 
-    /// Highest rate a sweep tries.
+    /// Highest rate a sweep tries: with --duration it bounds the sweep's
+    /// length (at most ⌈log(max/start)/log(factor)⌉ + 1 + --refine steps).
     #[arg(long, default_value = "2M", value_parser = parse_rate, requires = "sweep")]
     pub max_rate: f64,
 
@@ -106,6 +109,7 @@ pub struct Cli {
     /// Send batches with sendmmsg, one message per request, instead of one
     /// UDP GSO send per batch (the server sees the same datagrams either
     /// way; GSO costs the load generator less). --precise-tx implies it.
+    /// Also sends the --junk flood one datagram per message.
     #[arg(long)]
     pub no_gso: bool,
 
@@ -121,6 +125,52 @@ pub struct Cli {
     /// No progress bar even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+
+    /// Count replies whose only fault is that the server says it is not
+    /// synchronized (LI 3, stratum 16, or stratum 0 with INIT/STEP) as
+    /// valid, for throughput; the report says how many there were. Kiss-o'-
+    /// death refusals (RATE, DENY, …) still count as KoD.
+    #[arg(long)]
+    pub accept_unsynchronized: bool,
+
+    /// Also flood the target with junk of these classes (comma-separated,
+    /// `all` for every one), sent from their own sockets on their own
+    /// thread beside the measured requests; a reply to junk is counted
+    /// (it is an amplification bug). Classes: empty, short, bad-length,
+    /// zero-trailer, overlong-extension, short-extension,
+    /// unaligned-extension, stray-bytes, oversize, mode-0, mode-1, mode-2,
+    /// mode-4, mode-5, mode-6, mode-7, version-0, version-5, version-6,
+    /// version-7.
+    #[arg(long, value_name = "CLASS[,CLASS...]", value_parser = parse_junk, requires = "junk_rate")]
+    pub junk: Option<JunkClasses>,
+
+    /// Junk datagrams per second, all classes together (round-robin).
+    #[arg(long, value_name = "J", value_parser = parse_rate, requires = "junk")]
+    pub junk_rate: Option<f64>,
+
+    /// Sockets the junk is sent from (more spread it wider over a server's
+    /// SO_REUSEPORT sockets).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024), requires = "junk")]
+    pub junk_sockets: u32,
+}
+
+/// The classes of `--junk`, as parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JunkClasses(pub Vec<JunkClass>);
+
+fn parse_junk(text: &str) -> Result<JunkClasses, String> {
+    junk::parse_classes(text).map(JunkClasses)
+}
+
+/// The junk flood of a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JunkPlan {
+    /// The classes, sent in turn.
+    pub classes: Vec<JunkClass>,
+    /// Datagrams per second, all classes together.
+    pub rate: f64,
+    /// Sockets to send from.
+    pub sockets: usize,
 }
 
 /// What to run.
@@ -185,6 +235,10 @@ pub struct Plan {
     pub plot: Option<PathBuf>,
     /// Show a progress bar when stderr is a terminal.
     pub progress: bool,
+    /// Unsynchronized but otherwise valid replies count as valid.
+    pub accept_unsynchronized: bool,
+    /// The junk flood, if any.
+    pub junk: Option<JunkPlan>,
 }
 
 impl Plan {
@@ -242,7 +296,18 @@ impl Plan {
                 refine: cli.refine,
             })
         } else {
+            if cli.rate == 0.0 && cli.junk.is_none() {
+                return Err(ArgError::NothingToSend);
+            }
             Mode::Fixed { rate: cli.rate }
+        };
+        let junk = match (cli.junk, cli.junk_rate) {
+            (Some(JunkClasses(classes)), Some(rate)) => Some(JunkPlan {
+                classes,
+                rate,
+                sockets: cli.junk_sockets as usize,
+            }),
+            _ => None,
         };
         let plan = Plan {
             target_text: cli.target,
@@ -261,6 +326,8 @@ impl Plan {
             json: cli.json,
             plot: cli.plot,
             progress: !cli.no_progress,
+            accept_unsynchronized: cli.accept_unsynchronized,
+            junk,
         };
         let per_thread = plan.peak_rate() / threads as f64;
         let needed = matching::slots_needed(per_thread, plan.timeout, plan.max_batch);
@@ -424,6 +491,21 @@ impl SourceRange {
             IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6).wrapping_add(offset))),
         }
     }
+}
+
+/// Parses `--rate`: like [`parse_rate`], but 0 is allowed (checked
+/// against `--junk` later).
+pub fn parse_rate_or_zero(text: &str) -> Result<f64, String> {
+    if text.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(0.0);
+    }
+    parse_rate(text).map_err(|e| {
+        if e.contains("more than 0") {
+            format!("{e} (or exactly 0 with --junk)")
+        } else {
+            e
+        }
+    })
 }
 
 /// Parses a rate: a positive number with an optional k or M suffix.
@@ -647,8 +729,70 @@ mod tests {
     }
 
     #[test]
-    fn clap_rejects_rate_zero_and_sweep_options_without_sweep() {
-        assert!(cli(&["127.0.0.1", "--rate", "0"]).is_err());
+    fn rate_zero_needs_junk_and_junk_needs_a_rate() {
+        let cores = [0, 1];
+        let zero = Plan::from_cli(cli(&["127.0.0.1", "--rate", "0"]).unwrap(), &cores);
+        assert!(matches!(zero, Err(ArgError::NothingToSend)));
+        assert!(ArgError::NothingToSend
+            .to_string()
+            .contains("must be more than 0"));
+        assert!(parse_rate_or_zero("-1")
+            .unwrap_err()
+            .contains("exactly 0 with --junk"));
+        let flood = Plan::from_cli(
+            cli(&[
+                "127.0.0.1",
+                "--rate",
+                "0",
+                "--junk",
+                "empty,mode-6",
+                "--junk-rate",
+                "150k",
+            ])
+            .unwrap(),
+            &cores,
+        )
+        .unwrap();
+        assert_eq!(flood.mode, Mode::Fixed { rate: 0.0 });
+        assert_eq!(
+            flood.junk,
+            Some(JunkPlan {
+                classes: vec![JunkClass::Empty, JunkClass::Mode(6)],
+                rate: 150_000.0,
+                sockets: 16,
+            })
+        );
+        let all = Plan::from_cli(
+            cli(&[
+                "127.0.0.1",
+                "--junk",
+                "all",
+                "--junk-rate",
+                "1k",
+                "--junk-sockets",
+                "4",
+            ])
+            .unwrap(),
+            &cores,
+        )
+        .unwrap();
+        let j = all.junk.unwrap();
+        assert_eq!((j.classes.len(), j.sockets), (junk::ALL.len(), 4));
+        assert!(
+            cli(&["127.0.0.1", "--junk", "empty"]).is_err(),
+            "needs --junk-rate"
+        );
+        assert!(
+            cli(&["127.0.0.1", "--junk-rate", "5k"]).is_err(),
+            "needs --junk"
+        );
+        assert!(cli(&["127.0.0.1", "--junk", "mode-3", "--junk-rate", "5k"]).is_err());
+        assert!(cli(&["127.0.0.1", "--junk", "empty", "--junk-rate", "0"]).is_err());
+    }
+
+    #[test]
+    fn clap_rejects_bad_rates_and_sweep_options_without_sweep() {
+        assert!(cli(&["127.0.0.1", "--rate", "-3"]).is_err());
         assert!(cli(&["127.0.0.1", "--start-rate", "5k"]).is_err());
         assert!(cli(&["127.0.0.1", "--sweep", "--rate", "5k"]).is_err());
         assert!(cli(&["127.0.0.1", "--ntp-version", "5"]).is_err());

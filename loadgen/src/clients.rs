@@ -4,7 +4,8 @@
 //! no address, and only the target's datagrams reach it. Each has a large
 //! receive buffer (forced past `rmem_max` when privileged), kernel RX
 //! software timestamps, drop counting, and with `--precise-tx` TX software
-//! timestamps keyed by `OPT_ID` on the error queue.
+//! timestamps keyed by `OPT_ID` on the error queue. The junk flood's
+//! sockets ([`open_plain`]) are the same without timestamps.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -125,8 +126,51 @@ fn open_one(
     source: Option<SocketAddr>,
     recv: usize,
 ) -> Result<(ClientSocket, bool), Error> {
-    let step = |what: &'static str| move |source: io::Error| RunError::Socket { what, source };
-    let target = setup.target;
+    let (sock, forced) = connected(setup.target, source, recv, |fd| {
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
+            .map_err(socket_step("SO_RXQ_OVFL"))?;
+        let mut flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+        if setup.precise_tx {
+            flags |= libc::SOF_TIMESTAMPING_TX_SOFTWARE
+                | libc::SOF_TIMESTAMPING_OPT_ID
+                | libc::SOF_TIMESTAMPING_OPT_TSONLY;
+        }
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32)
+            .map_err(socket_step("SO_TIMESTAMPING"))?;
+        Ok(())
+    })?;
+    Ok((sock, forced))
+}
+
+fn socket_step(what: &'static str) -> impl Fn(io::Error) -> RunError {
+    move |source| RunError::Socket { what, source }
+}
+
+/// Opens `count` plain sockets connected to `target` (kernel-chosen source
+/// ports, `recv` bytes of receive buffer, no timestamping): the junk
+/// flood's sockets, which only send and count what comes back.
+pub fn open_plain(
+    target: SocketAddr,
+    count: usize,
+    recv: usize,
+) -> Result<Vec<ClientSocket>, Error> {
+    ensure_fd_limit(count)?;
+    (0..count)
+        .map(|_| connected(target, None, recv, |_| Ok(())).map(|(s, _)| s))
+        .collect()
+}
+
+/// A non-blocking UDP socket with `recv` bytes of receive buffer (forced
+/// past `rmem_max` when privileged: the flag says whether it was) and a
+/// large send buffer, `options` applied, bound to `source` if given and
+/// connected to `target`.
+fn connected(
+    target: SocketAddr,
+    source: Option<SocketAddr>,
+    recv: usize,
+    options: impl FnOnce(RawFd) -> Result<(), RunError>,
+) -> Result<(ClientSocket, bool), Error> {
+    let step = socket_step;
     let socket = Socket::new(
         Domain::for_address(target),
         Type::DGRAM,
@@ -153,15 +197,7 @@ fn open_one(
             .set_send_buffer_size(SEND_BUFFER)
             .map_err(step("SO_SNDBUF"))?;
     }
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1).map_err(step("SO_RXQ_OVFL"))?;
-    let mut flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
-    if setup.precise_tx {
-        flags |= libc::SOF_TIMESTAMPING_TX_SOFTWARE
-            | libc::SOF_TIMESTAMPING_OPT_ID
-            | libc::SOF_TIMESTAMPING_OPT_TSONLY;
-    }
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32)
-        .map_err(step("SO_TIMESTAMPING"))?;
+    options(fd)?;
     if let Some(addr) = source {
         socket
             .bind(&addr.into())

@@ -69,6 +69,12 @@ pub struct EngineConfig {
     /// Send each batch as one UDP GSO buffer (the sockets have
     /// `UDP_SEGMENT` set) instead of `sendmmsg`.
     pub gso: bool,
+    /// Count unsynchronized but otherwise valid replies as valid.
+    pub accept_unsynchronized: bool,
+    /// Spin through short gaps between batches for precise send times;
+    /// off when another busy thread of ours (the junk flood) shares the
+    /// core, which spinning would starve.
+    pub spin: bool,
 }
 
 /// One step for one thread.
@@ -124,6 +130,7 @@ struct Book {
     timeout_ns: i64,
     late_limit_ns: i64,
     precise: bool,
+    accept_unsynchronized: bool,
     peer: PeerName,
 }
 
@@ -142,6 +149,7 @@ pub struct Engine {
     next_socket: usize,
     max_batch: usize,
     gso: bool,
+    spin: bool,
     book: Book,
     live: Arc<Live>,
 }
@@ -216,6 +224,7 @@ impl Engine {
             next_socket: 0,
             max_batch,
             gso: cfg.gso,
+            spin: cfg.spin,
             book: Book {
                 table: SlotTable::new(cfg.table_slots),
                 c: Counters::default(),
@@ -224,6 +233,7 @@ impl Engine {
                 timeout_ns,
                 late_limit_ns: 2 * timeout_ns,
                 precise: cfg.precise_tx,
+                accept_unsynchronized: cfg.accept_unsynchronized,
                 peer: PeerName::of(cfg.target),
             },
             live,
@@ -252,8 +262,17 @@ impl Engine {
             c.drops_base = kernel_drops(c.fd);
             c.drops_seen = c.drops_base;
         }
+        if cmd.rate <= 0.0 {
+            // --rate 0: only the junk flood sends; keep its time.
+            return self.idle_step(cmd, interrupt);
+        }
         let duration_ns = cmd.duration.as_nanos().min(u64::MAX as u128) as u64;
         let sched = Schedule::new(cmd.rate, duration_ns, self.max_batch);
+        let (sleep_min, wake_early) = if self.spin {
+            (SLEEP_MIN_NS, WAKE_EARLY_NS)
+        } else {
+            (0, 0)
+        };
         wait_until(cmd.start);
         let usage_before = thread_usage();
         let start = cmd.start;
@@ -264,10 +283,10 @@ impl Engine {
                 interrupted = true;
                 break;
             }
+            // Past the end everything is due: the tail goes out before the
+            // loop ends, however late this thread woke up (a busy host
+            // must not turn a late wake-up into a short run).
             let el = elapsed_ns(start);
-            if done >= sched.total() || el >= duration_ns {
-                break;
-            }
             let want = sched.to_send(done, el);
             if want > 0 {
                 let lag = sched.lag(done, el);
@@ -286,12 +305,15 @@ impl Engine {
                     left -= consumed;
                 }
             }
+            if done >= sched.total() || el >= duration_ns {
+                break;
+            }
             let got = self.poll(0);
             if got == 0 && want == 0 {
                 if let Some(next) = sched.next_release(done) {
                     let now = elapsed_ns(start);
-                    if next > now + SLEEP_MIN_NS {
-                        self.poll(next - now - WAKE_EARLY_NS);
+                    if next > now + sleep_min {
+                        self.poll(next - now - wake_early);
                     }
                 }
             }
@@ -317,6 +339,36 @@ impl Engine {
             counters: self.book.c,
             hist: self.book.h.clone(),
             send_window,
+            interrupted,
+        }
+    }
+
+    /// A step without requests: waits out its duration (or Ctrl-C), reading
+    /// whatever arrives.
+    fn idle_step(&mut self, cmd: &StepCmd, interrupt: &Interrupt) -> ThreadResult {
+        wait_until(cmd.start);
+        let duration_ns = cmd.duration.as_nanos().min(u64::MAX as u128) as u64;
+        let mut interrupted = false;
+        loop {
+            let el = elapsed_ns(cmd.start);
+            if el >= duration_ns {
+                break;
+            }
+            if interrupt.stop_requested() {
+                interrupted = true;
+                break;
+            }
+            self.poll((duration_ns - el).min(DRAIN_WAIT_NS));
+        }
+        self.book.c.own_drops = self.own_drops();
+        ThreadResult {
+            counters: self.book.c,
+            hist: self.book.h.clone(),
+            send_window: if interrupted {
+                Duration::from_nanos(elapsed_ns(cmd.start))
+            } else {
+                cmd.duration
+            },
             interrupted,
         }
     }
@@ -583,9 +635,16 @@ impl Book {
             self.version,
             ntp_of_ns(slot.t1_ns),
             NtpTimestamp::from_unix(t4),
+            self.accept_unsynchronized,
         ) {
             Verdict::Valid(sample) => {
                 c.valid += 1;
+                c.negative_rtt += (sample.rtt_ns < 0) as u64;
+                self.h.record(&sample);
+            }
+            Verdict::Unsynchronized(sample) => {
+                c.valid += 1;
+                c.valid_unsynchronized += 1;
                 c.negative_rtt += (sample.rtt_ns < 0) as u64;
                 self.h.record(&sample);
             }
@@ -596,13 +655,14 @@ impl Book {
     }
 }
 
+/// Nanoseconds since `since`.
 #[inline]
-fn elapsed_ns(since: Instant) -> u64 {
+pub fn elapsed_ns(since: Instant) -> u64 {
     since.elapsed().as_nanos().min(u64::MAX as u128) as u64
 }
 
 /// Sleeps until shortly before `at`, then spins to it.
-fn wait_until(at: Instant) {
+pub fn wait_until(at: Instant) {
     loop {
         let now = Instant::now();
         if now >= at {
@@ -619,12 +679,15 @@ fn wait_until(at: Instant) {
 
 /// CPU time and involuntary context switches of the calling thread.
 #[derive(Clone, Copy, Debug, Default)]
-struct Usage {
-    cpu_ns: u64,
-    preempted: u64,
+pub struct Usage {
+    /// User + system CPU time, nanoseconds.
+    pub cpu_ns: u64,
+    /// Involuntary context switches.
+    pub preempted: u64,
 }
 
-fn thread_usage() -> Usage {
+/// The calling thread's [`Usage`] so far.
+pub fn thread_usage() -> Usage {
     // SAFETY: all-zero bytes are a valid rusage.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a live rusage the kernel fills in.
@@ -650,6 +713,65 @@ pub fn tighten_timer_slack() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine whose sockets point at a local sink.
+    fn engine_to(sink: &std::net::UdpSocket) -> Engine {
+        let target = sink.local_addr().unwrap();
+        let setup = crate::clients::ClientSetup {
+            target,
+            clients: 2,
+            sources: None,
+            precise_tx: false,
+            gso: true,
+        };
+        let (sockets, info) = crate::clients::open(&setup).unwrap();
+        let cfg = EngineConfig {
+            target,
+            version: 4,
+            timeout: Duration::from_millis(50),
+            precise_tx: false,
+            max_batch: 64,
+            table_slots: 1 << 12,
+            gso: info.gso,
+            accept_unsynchronized: false,
+            spin: true,
+        };
+        Engine::new(&cfg, sockets, Arc::new(Live::default())).unwrap()
+    }
+
+    #[test]
+    fn a_thread_that_wakes_after_the_end_still_sends_the_whole_schedule() {
+        // A loaded host can wake the thread after the step's end; the
+        // schedule's tail is due by then and goes out (before, the loop
+        // ended first and a short run looked generator-limited).
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut e = engine_to(&sink);
+        let cmd = StepCmd {
+            rate: 1000.0,
+            duration: Duration::from_millis(100),
+            start: Instant::now() - Duration::from_millis(150),
+        };
+        let r = e.run_step(&cmd, &Interrupt::default());
+        assert_eq!(r.counters.scheduled, 100);
+        assert_eq!(r.counters.sent, 100, "{:?}", r.counters);
+        assert_eq!(r.counters.lost, 100, "the sink answers nothing");
+    }
+
+    #[test]
+    fn rate_zero_sends_nothing_and_keeps_the_time() {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut e = engine_to(&sink);
+        let began = Instant::now();
+        let cmd = StepCmd {
+            rate: 0.0,
+            duration: Duration::from_millis(100),
+            start: began,
+        };
+        let r = e.run_step(&cmd, &Interrupt::default());
+        assert_eq!((r.counters.sent, r.counters.scheduled), (0, 0));
+        assert_eq!(r.send_window, Duration::from_millis(100));
+        assert!(began.elapsed() >= Duration::from_millis(100));
+    }
 
     #[test]
     fn template_is_a_minimal_client_request() {

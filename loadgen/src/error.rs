@@ -71,6 +71,9 @@ pub enum ArgError {
         /// The limit.
         max: u64,
     },
+    /// `--rate 0` without `--junk`: nothing would be sent.
+    #[error("the rate must be more than 0 requests per second (--rate 0 only with --junk, for a flood without measured requests)")]
+    NothingToSend,
     /// `--start-rate` above `--max-rate`.
     #[error("--start-rate {start} is above --max-rate {max}")]
     StartAboveMax {
@@ -134,6 +137,9 @@ pub enum RunError {
     /// A load thread died (a bug).
     #[error("load thread {0} stopped unexpectedly")]
     ThreadDied(usize),
+    /// The junk flood's thread died (a bug).
+    #[error("the junk flood's thread stopped unexpectedly")]
+    FloodDied,
     /// Writing `--json` or `--plot` failed.
     #[error("{flag} {path}: {reason}")]
     Output {

@@ -10,6 +10,7 @@
 //!              pacing ─► batch::SendBatch (UDP GSO or sendmmsg) ─► server
 //!              epoll ◄─ batch::RecvBatch (recvmmsg, kernel RX stamps) / ErrBatch (TX stamps)
 //!                 └─► matching (origin → slot, O(1)) ─► validate ─► stats (counters + HDR histograms)
+//!            flood (with --junk: one more thread, own sockets) ─► junk datagrams at a paced rate
 //! report (table / JSON) and plot (SVG) render the collected StepReports.
 //! ```
 //!
@@ -26,6 +27,8 @@
 //! - [`validate`]: judging a matched reply.
 //! - [`stats`]: counters and histograms.
 //! - [`engine`]: one load thread's send/receive loop.
+//! - [`junk`]: the bad-input classes of `--junk` and their bytes.
+//! - [`flood`]: the junk flood's thread: paced batches, replies counted.
 //! - [`runner`]: threads, steps and sweeps.
 //! - [`sweep`]: when a sweep stops and what its result is.
 //! - [`kernel`]: the host's UDP counters (`/proc/net/snmp`).
@@ -41,6 +44,8 @@ pub mod batch;
 pub mod clients;
 pub mod engine;
 pub mod error;
+pub mod flood;
+pub mod junk;
 pub mod kernel;
 pub mod matching;
 pub mod pacing;

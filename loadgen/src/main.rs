@@ -1,13 +1,15 @@
 //! `ntp-loadgen`: command line → plan → threads → table (and JSON, SVG).
-//! Exit codes: 0 done, 1 failed while running, 2 bad command line, 130
-//! stopped by Ctrl-C / SIGTERM (after printing what was measured).
+//! Exit codes: 0 done, 1 failed while running or not one valid reply
+//! (after printing the report and writing the files, with one line on
+//! stderr saying why), 2 bad command line, 130 stopped by Ctrl-C / SIGTERM
+//! (after printing what was measured).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use ntp_loadgen::args::{Cli, Plan};
-use ntp_loadgen::error::{ArgError, Error, RunError, EXIT_INTERRUPTED};
+use ntp_loadgen::error::{ArgError, Error, RunError, EXIT_FAILURE, EXIT_INTERRUPTED};
 use ntp_loadgen::runner::Runner;
 use ntp_loadgen::signals::Interrupt;
 use ntp_loadgen::{plot, report::RunReport};
@@ -58,11 +60,14 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     let report = runner.run()?;
     print!("{}", report.render());
     write_outputs(&plan, &report)?;
-    Ok(if report.interrupted {
-        ExitCode::from(EXIT_INTERRUPTED)
-    } else {
-        ExitCode::SUCCESS
-    })
+    if report.interrupted {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    if let Some(why) = report.no_valid_reply() {
+        eprintln!("ntp-loadgen: {why}");
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_outputs(plan: &Plan, report: &RunReport) -> Result<(), RunError> {

@@ -20,10 +20,15 @@ impl Schedule {
     /// `rate` requests per second for `duration_ns`, batches of at most
     /// `max_batch`.
     pub fn new(rate: f64, duration_ns: u64, max_batch: usize) -> Schedule {
+        Schedule::with_tick(rate, duration_ns, max_batch, TICK_NS)
+    }
+
+    /// The same with batches of about `tick_ns` of the schedule.
+    pub fn with_tick(rate: f64, duration_ns: u64, max_batch: usize, tick_ns: u64) -> Schedule {
         let exact = rate * duration_ns as f64 * 1e-9;
         let total = ((exact - 1e-9).ceil() as u64).max(1);
         let batch =
-            ((rate * TICK_NS as f64 * 1e-9).round() as u64).clamp(1, max_batch.max(1) as u64);
+            ((rate * tick_ns as f64 * 1e-9).round() as u64).clamp(1, max_batch.max(1) as u64);
         Schedule { rate, total, batch }
     }
 
@@ -97,6 +102,11 @@ mod tests {
         assert_eq!(Schedule::new(5e6, SEC, 64).batch(), 64);
         assert_eq!(Schedule::new(0.5, SEC, 64).total(), 1);
         assert_eq!(Schedule::new(1000.0, SEC / 2, 64).total(), 500);
+        assert_eq!(
+            Schedule::with_tick(150_000.0, SEC, 256, 1_000_000).batch(),
+            150
+        );
+        assert_eq!(Schedule::with_tick(1e6, SEC, 256, 1_000_000).batch(), 256);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::args::JunkPlan;
+use crate::flood::FloodResult;
 use crate::kernel::UdpCounters;
 use crate::stats::{Counters, Histograms, Percentiles};
 use crate::sweep::{Phase, StepOutcome, StopReason};
@@ -42,6 +44,8 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
     /// The result of a sweep.
     pub sweep: Option<SweepSummary>,
+    /// The junk flood over the whole run (every step), with `--junk`.
+    pub junk: Option<JunkReport>,
     /// Stopped early by Ctrl-C / SIGTERM.
     pub interrupted: bool,
 }
@@ -97,6 +101,17 @@ pub struct ConfigReport {
     /// How threads wait for replies: "ppoll" (few sockets: nothing
     /// registered while busy) or "epoll" (many sockets).
     pub wait_method: &'static str,
+    /// `--accept-unsynchronized`: unsynchronized but otherwise valid
+    /// replies count as valid.
+    pub accept_unsynchronized: bool,
+    /// `--junk` classes (`null` without a flood).
+    pub junk_classes: Option<Vec<&'static str>>,
+    /// `--junk-rate`, datagrams per second.
+    pub junk_rate: Option<f64>,
+    /// `--junk-sockets`.
+    pub junk_sockets: Option<usize>,
+    /// Core of the junk flood's thread (`null`: not pinned).
+    pub junk_core: Option<usize>,
 }
 
 /// The result of a sweep.
@@ -128,6 +143,9 @@ pub struct Requests {
     pub send_errors: u64,
     /// Valid replies within the timeout.
     pub valid: u64,
+    /// Of `valid`, replies from a server saying it is unsynchronized
+    /// (counted as valid by `--accept-unsynchronized`; else 0).
+    pub valid_unsynchronized: u64,
     /// Replies after the timeout, within twice it.
     pub late: u64,
     /// No matched reply within twice the timeout.
@@ -283,6 +301,133 @@ pub struct StepReport {
     pub residence_us: Percentiles,
     /// Cross-check with the kernel (`null` if /proc/net/snmp is unreadable).
     pub kernel: Option<KernelCheck>,
+    /// The junk flood during this step (`null` without `--junk`).
+    pub junk: Option<JunkReport>,
+}
+
+/// What the junk flood of `--junk` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct JunkReport {
+    /// The classes, in the order sent.
+    pub classes: Vec<&'static str>,
+    /// Junk datagrams per second asked for (`--junk-rate`).
+    pub rate_offered: f64,
+    /// Junk datagrams the kernel accepted.
+    pub sent: u64,
+    /// Junk datagrams sent per second of the send window.
+    pub rate_achieved: f64,
+    /// Achieved / offered, percent.
+    pub achieved_pct: f64,
+    /// Achieved below 98 % of offered: the flood was weaker than asked.
+    pub limited: bool,
+    /// Datagrams that came back on the junk sockets (read or dropped at
+    /// their buffers): answers to junk, an amplification bug.
+    pub replies: u64,
+    /// Bytes of the replies read.
+    pub reply_bytes: u64,
+    /// Datagrams sent per class.
+    pub sent_by_class: BTreeMap<&'static str, u64>,
+    /// Sockets the junk went out from.
+    pub sockets: usize,
+    /// `sendmmsg` calls that sent something.
+    pub send_calls: u64,
+    /// Mean datagrams per call.
+    pub mean_per_call: f64,
+    /// Classes sent as UDP GSO batches (empty datagrams never are).
+    pub gso_classes: usize,
+    /// Calls that found the send buffer full.
+    pub buffer_full: u64,
+    /// ICMP errors on the junk sockets (nothing listening at the target).
+    pub refused: u64,
+    /// Datagrams that failed to send for another reason.
+    pub send_errors: u64,
+    /// Largest lag behind the junk schedule, milliseconds.
+    pub max_lag_ms: f64,
+    /// CPU the flood thread used while sending, percent of the window.
+    pub thread_cpu_pct: f64,
+    /// Times the flood thread was preempted while sending.
+    pub preempted: u64,
+    /// Send window, seconds.
+    pub send_window_s: f64,
+}
+
+impl JunkReport {
+    /// The report of flood result `r` for `plan`.
+    pub fn build(r: &FloodResult, plan: &JunkPlan) -> JunkReport {
+        let window = r.send_window.as_secs_f64();
+        let achieved = r.sent as f64 / window.max(1e-9);
+        JunkReport {
+            classes: plan.classes.iter().map(|c| c.name()).collect(),
+            rate_offered: plan.rate,
+            sent: r.sent,
+            rate_achieved: achieved,
+            achieved_pct: pct_f(achieved, plan.rate),
+            limited: achieved < LIMITED_BELOW * plan.rate,
+            replies: r.replies,
+            reply_bytes: r.reply_bytes,
+            sent_by_class: plan
+                .classes
+                .iter()
+                .zip(&r.sent_by_class)
+                .map(|(c, n)| (c.name(), *n))
+                .collect(),
+            sockets: plan.sockets,
+            send_calls: r.calls,
+            mean_per_call: if r.calls == 0 {
+                0.0
+            } else {
+                r.sent as f64 / r.calls as f64
+            },
+            gso_classes: r.gso_classes,
+            buffer_full: r.buffer_full,
+            refused: r.refused,
+            send_errors: r.send_errors,
+            max_lag_ms: r.max_lag_ns as f64 / 1e6,
+            thread_cpu_pct: pct_f(r.cpu_ns as f64 * 1e-9, window),
+            preempted: r.preempted,
+            send_window_s: window,
+        }
+    }
+
+    /// The one "junk" line of the table.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "junk           {} sent ({}) at {}/s of {}/s offered ({:.2} %) from {} sockets, \
+             {} sendmmsg calls ({} of {} classes as GSO batches), buffer full {}, refused {}, \
+             thread CPU {:.1} %; replies to junk {}",
+            group(self.sent),
+            self.classes.join(","),
+            rate(self.rate_achieved),
+            rate(self.rate_offered),
+            self.achieved_pct,
+            self.sockets,
+            group(self.send_calls),
+            self.gso_classes,
+            self.classes.len(),
+            group(self.buffer_full),
+            group(self.refused),
+            self.thread_cpu_pct,
+            group(self.replies),
+        );
+        if self.replies > 0 {
+            s.push_str(" (THE SERVER ANSWERED JUNK: amplification)");
+        }
+        s.push('\n');
+        s
+    }
+
+    /// The warning when the flood fell short, like the load generator's.
+    pub fn verdict(&self) -> Option<String> {
+        self.limited.then(|| {
+            format!(
+                "JUNK FLOOD LIMITED — achieved {} of {} junk datagrams/s offered ({:.1} %); \
+                 the server saw a weaker flood than asked",
+                rate(self.rate_achieved),
+                rate(self.rate_offered),
+                self.achieved_pct
+            )
+        })
+    }
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -329,6 +474,8 @@ pub struct StepInput<'a> {
     pub gso: bool,
     /// The target is on this host.
     pub local_target: bool,
+    /// The junk flood's result and plan, with `--junk`.
+    pub junk: Option<(&'a FloodResult, &'a JunkPlan)>,
 }
 
 impl StepReport {
@@ -346,6 +493,7 @@ impl StepReport {
             sent: c.sent,
             send_errors: c.send_errors,
             valid: c.valid,
+            valid_unsynchronized: c.valid_unsynchronized,
             late: c.late,
             lost: c.lost,
             invalid,
@@ -414,6 +562,7 @@ impl StepReport {
             rtt_us: Percentiles::of(&i.hist.rtt),
             residence_us: Percentiles::of(&i.hist.residence),
             kernel,
+            junk: i.junk.map(|(r, plan)| JunkReport::build(r, plan)),
         }
     }
 }
@@ -514,7 +663,116 @@ impl RunReport {
         );
         let _ = writeln!(s, "T1: {}", self.t1_source);
         let _ = writeln!(s, "T4: {}", self.t4_source);
+        if c.accept_unsynchronized {
+            let _ = writeln!(
+                s,
+                "--accept-unsynchronized: replies whose only fault is an unsynchronized server \
+                 (LI 3, stratum 16, or stratum 0 with INIT/STEP) count as valid, and are counted apart"
+            );
+        }
+        if let (Some(classes), Some(junk_rate)) = (&c.junk_classes, c.junk_rate) {
+            let _ = writeln!(
+                s,
+                "junk flood: {} at {}/s in total from {} sockets on its own thread ({}); replies to it are counted",
+                classes.join(","),
+                rate(junk_rate),
+                c.junk_sockets.unwrap_or(0),
+                c.junk_core.map_or("unpinned".to_owned(), |n| format!("core {n}")),
+            );
+        }
         s
+    }
+
+    /// Why the run counts as failed although it ran: requests were sent
+    /// and not one valid reply came back (in any step). One line, for
+    /// stderr; `None` when some reply was valid, nothing was sent, or the
+    /// run was interrupted.
+    pub fn no_valid_reply(&self) -> Option<String> {
+        if self.interrupted {
+            return None;
+        }
+        let mut sent = 0;
+        let mut valid = 0;
+        let mut lost = 0;
+        let mut late = 0;
+        let mut refused = 0;
+        let mut kod: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut invalid: BTreeMap<&str, u64> = BTreeMap::new();
+        for st in &self.steps {
+            sent += st.requests.sent;
+            valid += st.requests.valid;
+            lost += st.requests.lost;
+            late += st.requests.late;
+            refused += st.send.refused;
+            for (code, n) in &st.kod_by_code {
+                *kod.entry(code).or_default() += n;
+            }
+            for (why, n) in &st.invalid_by_reason {
+                *invalid.entry(why).or_default() += n;
+            }
+        }
+        if sent == 0 || valid > 0 {
+            return None;
+        }
+        let invalid_total: u64 = invalid.values().sum();
+        let kod_total: u64 = kod.values().sum();
+        let breakdown = if lost == sent {
+            "all lost".to_owned()
+        } else {
+            let mut parts = Vec::new();
+            let list = |m: &BTreeMap<&str, u64>| {
+                m.iter()
+                    .filter(|(_, &n)| n > 0)
+                    .map(|(k, n)| format!("{k} {}", group(*n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            for (n, what) in [(lost, "lost"), (late, "late")] {
+                if n > 0 {
+                    parts.push(format!("{} {what}", group(n)));
+                }
+            }
+            if invalid_total > 0 {
+                parts.push(format!(
+                    "{} invalid: {}",
+                    group(invalid_total),
+                    list(&invalid)
+                ));
+            }
+            if kod_total > 0 {
+                parts.push(format!("{} KoD: {}", group(kod_total), list(&kod)));
+            }
+            parts.join("; ")
+        };
+        let unsynchronized = invalid.get("unsynchronized").copied().unwrap_or(0)
+            + kod.get("INIT").copied().unwrap_or(0)
+            + kod.get("STEP").copied().unwrap_or(0);
+        let hint = if lost + late == sent {
+            if let Some(junk) = self.junk.as_ref().filter(|_| refused == 0) {
+                if junk.sent > 0 {
+                    "the server answered nothing while the junk flood ran"
+                } else {
+                    "is an NTP server listening there?"
+                }
+            } else if refused > 0 {
+                "nothing listens there (the host answered ICMP port unreachable)"
+            } else {
+                "is an NTP server listening there?"
+            }
+        } else if unsynchronized > 0 {
+            "the server says it is not synchronized; --accept-unsynchronized counts such replies for throughput"
+        } else if kod_total > 0 {
+            "the server refused the requests (kiss-o'-death)"
+        } else if late > 0 && invalid_total == 0 {
+            "the replies came after --timeout"
+        } else {
+            "its replies are not valid NTP server replies"
+        };
+        Some(format!(
+            "no valid reply from {} ({} sent, {breakdown}): {hint}",
+            self.target_addr,
+            group(sent)
+        ))
     }
 
     /// The full table: header, then the step (fixed run) or the sweep
@@ -574,7 +832,20 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
     let line = |s: &mut String, label: &str, n: u64, p: f64, extra: String| {
         let _ = writeln!(s, "  {label:<13}{:>12}  {p:>8.3} %{extra}", group(n));
     };
-    line(&mut s, "valid", r.valid, sh.valid_pct, String::new());
+    line(
+        &mut s,
+        "valid",
+        r.valid,
+        sh.valid_pct,
+        if r.valid_unsynchronized > 0 {
+            format!(
+                "   (of which {} unsynchronized, counted by --accept-unsynchronized)",
+                group(r.valid_unsynchronized)
+            )
+        } else {
+            String::new()
+        },
+    );
     line(&mut s, "late", r.late, sh.late_pct, String::new());
     line(&mut s, "lost", r.lost, sh.lost_pct, String::new());
     let reasons: Vec<String> = st
@@ -741,13 +1012,21 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
             }
         );
     }
+    if let Some(j) = &st.junk {
+        s.push_str(&j.render());
+    }
     let _ = writeln!(s, "\nresult: {}", verdict(st));
+    if let Some(warning) = st.junk.as_ref().and_then(JunkReport::verdict) {
+        let _ = writeln!(s, "junk:   {warning}");
+    }
     s
 }
 
 /// One line saying whether the figures measure the server.
 pub fn verdict(st: &StepReport) -> String {
-    if st.limited {
+    if st.offered_rate == 0.0 {
+        "no requests offered (--rate 0: junk flood only)".to_owned()
+    } else if st.limited {
         format!(
             "LOAD GENERATOR LIMITED — achieved {} of {} req/s offered ({:.1} %); \
              these figures do not measure the server",
@@ -908,6 +1187,7 @@ mod tests {
             threads: 1,
             gso: false,
             local_target: true,
+            junk: None,
         };
         let st = StepReport::build(&input);
         let r = st.requests;

@@ -3,7 +3,9 @@
 //! of the sockets, then for each step hand every thread its share of the
 //! rate and a common start time, read the kernel's UDP counters before and
 //! after, drive the progress bar, and merge what the threads measured into
-//! a [`StepReport`]. A sweep asks [`Sweep`] for the next rate.
+//! a [`StepReport`]. A sweep asks [`Sweep`] for the next rate. With
+//! `--junk` one more thread, the [`Flood`], gets the same start and
+//! duration for each step and its own sockets.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -16,11 +18,12 @@ use crate::args::{Mode, Plan};
 use crate::clients::{self, BufferInfo, ClientSetup, ClientSocket};
 use crate::engine::{tighten_timer_slack, Engine, EngineConfig, Live, StepCmd, ThreadResult};
 use crate::error::{Error, RunError};
+use crate::flood::{Flood, FloodCmd, FloodConfig, FloodResult, JUNK_RECV_BUFFER};
 use crate::kernel;
 use crate::matching;
 use crate::pacing::Schedule;
 use crate::progress::Progress;
-use crate::report::{ConfigReport, RunReport, StepInput, StepReport, SweepSummary};
+use crate::report::{ConfigReport, JunkReport, RunReport, StepInput, StepReport, SweepSummary};
 use crate::signals::Interrupt;
 use crate::stats::{Counters, Histograms};
 use crate::sweep::{Phase, Sweep};
@@ -41,6 +44,15 @@ enum Msg {
         thread: usize,
         result: Box<ThreadResult>,
     },
+    FloodReady(std::io::Result<()>),
+    FloodDone(Box<FloodResult>),
+}
+
+/// The junk flood's thread.
+struct FloodWorker {
+    cmd: Sender<Option<FloodCmd>>,
+    join: Option<JoinHandle<()>>,
+    core: Option<usize>,
 }
 
 struct Worker {
@@ -61,6 +73,9 @@ pub struct Runner {
     buffers: BufferInfo,
     fine_timeouts: bool,
     wait_method: &'static str,
+    flood: Option<FloodWorker>,
+    /// The flood's results over all steps so far.
+    flood_total: Option<FloodResult>,
 }
 
 impl Runner {
@@ -83,6 +98,10 @@ impl Runner {
             shares[i % plan.threads].push(s);
         }
         let per_thread = plan.peak_rate() / plan.threads as f64;
+        let core_of = |i: usize| (!plan.cores.is_empty()).then(|| plan.cores[i % plan.cores.len()]);
+        // The flood thread takes the core after the load threads'.
+        let flood_core = core_of(plan.threads);
+        let shares_core = (0..plan.threads).any(|t| core_of(t) == flood_core);
         let cfg = EngineConfig {
             target: plan.target,
             version: plan.version,
@@ -91,11 +110,13 @@ impl Runner {
             max_batch: plan.max_batch,
             table_slots: matching::slots_needed(per_thread, plan.timeout, plan.max_batch),
             gso: buffers.gso,
+            accept_unsynchronized: plan.accept_unsynchronized,
+            spin: plan.junk.is_none() || !shares_core,
         };
         let (tx, results) = mpsc::channel();
         let mut workers = Vec::with_capacity(plan.threads);
         for (thread, sockets) in shares.into_iter().enumerate() {
-            let core = (!plan.cores.is_empty()).then(|| plan.cores[thread % plan.cores.len()]);
+            let core = core_of(thread);
             let (cmd, cmds) = mpsc::channel::<Option<StepCmd>>();
             let live = Arc::new(Live::default());
             let (cfg, tx, live2, interrupt) = (
@@ -137,9 +158,44 @@ impl Runner {
                     .into())
                 }
                 Ok(Msg::Done { thread, .. }) => return Err(RunError::ThreadDied(thread).into()),
+                Ok(Msg::FloodReady(_) | Msg::FloodDone(_)) => {}
                 Err(_) => return Err(RunError::ThreadDied(0).into()),
             }
         }
+        let flood = match &plan.junk {
+            Some(junk) => {
+                let sockets = clients::open_plain(plan.target, junk.sockets, JUNK_RECV_BUFFER)?;
+                let cfg = FloodConfig {
+                    target: plan.target,
+                    classes: junk.classes.clone(),
+                    gso: plan.gso,
+                    linger: plan.timeout,
+                };
+                let (cmd, cmds) = mpsc::channel::<Option<FloodCmd>>();
+                let (tx, interrupt) = (tx.clone(), Arc::clone(&interrupt));
+                let join = std::thread::Builder::new()
+                    .name("loadgen-junk".to_owned())
+                    .spawn(move || flood_main(flood_core, cfg, sockets, cmds, tx, interrupt))
+                    .map_err(RunError::Spawn)?;
+                match results.recv() {
+                    Ok(Msg::FloodReady(Ok(()))) => {}
+                    Ok(Msg::FloodReady(Err(source))) => {
+                        return Err(RunError::Socket {
+                            what: "junk sockets",
+                            source,
+                        }
+                        .into())
+                    }
+                    _ => return Err(RunError::FloodDied.into()),
+                }
+                Some(FloodWorker {
+                    cmd,
+                    join: Some(join),
+                    core: flood_core,
+                })
+            }
+            None => None,
+        };
         std::thread::sleep(TIMESTAMPING_SETTLE);
         let progress = Progress::new(plan.progress);
         Ok(Runner {
@@ -152,6 +208,8 @@ impl Runner {
             buffers,
             fine_timeouts,
             wait_method,
+            flood,
+            flood_total: None,
         })
     }
 
@@ -192,7 +250,11 @@ impl Runner {
             }
         }
         let interrupted = steps.iter().any(|s| s.interrupted);
-        let report = self.report(steps, summary, interrupted);
+        let mut report = self.report(steps, summary, interrupted);
+        report.junk = match (&self.flood_total, &self.plan.junk) {
+            (Some(total), Some(plan)) => Some(JunkReport::build(total, plan)),
+            _ => None,
+        };
         self.stop()?;
         Ok(report)
     }
@@ -278,6 +340,14 @@ impl Runner {
                 },
                 fine_timeouts: self.fine_timeouts,
                 wait_method: self.wait_method,
+                accept_unsynchronized: p.accept_unsynchronized,
+                junk_classes: p
+                    .junk
+                    .as_ref()
+                    .map(|j| j.classes.iter().map(|c| c.name()).collect()),
+                junk_rate: p.junk.as_ref().map(|j| j.rate),
+                junk_sockets: p.junk.as_ref().map(|j| j.sockets),
+                junk_core: self.flood.as_ref().and_then(|f| f.core),
             },
             t1_source,
             t4_source: "kernel RX software timestamp (SO_TIMESTAMPING); a CLOCK_REALTIME read \
@@ -285,6 +355,7 @@ impl Runner {
                 .to_owned(),
             steps,
             sweep,
+            junk: None,
             interrupted,
         }
     }
@@ -307,6 +378,18 @@ impl Runner {
         for (i, w) in self.workers.iter().enumerate() {
             w.cmd.send(Some(cmd)).map_err(|_| RunError::ThreadDied(i))?;
         }
+        let mut flood_result: Option<FloodResult> = None;
+        let junk_rate = self.plan.junk.as_ref().map_or(0.0, |j| j.rate);
+        if let Some(f) = &self.flood {
+            f.cmd
+                .send(Some(FloodCmd {
+                    rate: junk_rate,
+                    duration: self.plan.duration,
+                    start,
+                }))
+                .map_err(|_| RunError::FloodDied)?;
+        }
+        let flood_pending = |r: &Option<FloodResult>| self.flood.is_some() && r.is_none();
         self.progress.start_step(
             format!(
                 "step {step}: {} req/s",
@@ -315,11 +398,21 @@ impl Runner {
             self.plan.duration,
         );
         let mut got: Vec<Option<ThreadResult>> = (0..threads).map(|_| None).collect();
-        while got.iter().any(Option::is_none) {
+        while got.iter().any(Option::is_none) || flood_pending(&flood_result) {
             match self.results.recv_timeout(PROGRESS_TICK) {
                 Ok(Msg::Done { thread, result }) => got[thread] = Some(*result),
-                Ok(Msg::Ready { .. }) => {}
+                Ok(Msg::FloodDone(result)) => flood_result = Some(*result),
+                Ok(Msg::Ready { .. } | Msg::FloodReady(_)) => {}
                 Err(RecvTimeoutError::Timeout) => {
+                    if flood_pending(&flood_result)
+                        && self
+                            .flood
+                            .as_ref()
+                            .and_then(|f| f.join.as_ref())
+                            .is_none_or(|j| j.is_finished())
+                    {
+                        return Err(RunError::FloodDied.into());
+                    }
                     if let Some(dead) = self.workers.iter().enumerate().position(|(i, w)| {
                         got[i].is_none() && w.join.as_ref().is_none_or(|j| j.is_finished())
                     }) {
@@ -353,6 +446,13 @@ impl Runner {
             (Some(b), Some(a)) => Some(a.since(&b)),
             _ => None,
         };
+        if let Some(r) = &flood_result {
+            match &mut self.flood_total {
+                Some(total) => total.merge(r),
+                None => self.flood_total = Some(r.clone()),
+            }
+        }
+        let junk = flood_result.as_ref().zip(self.plan.junk.as_ref());
         Ok(StepReport::build(&StepInput {
             step,
             phase,
@@ -365,6 +465,7 @@ impl Runner {
             threads,
             gso: self.buffers.gso,
             local_target: self.local_target,
+            junk,
         }))
     }
 
@@ -377,10 +478,16 @@ impl Runner {
         for w in &self.workers {
             let _ = w.cmd.send(None);
         }
+        if let Some(f) = &self.flood {
+            let _ = f.cmd.send(None);
+        }
         for (i, w) in self.workers.iter_mut().enumerate() {
             if let Some(j) = w.join.take() {
                 j.join().map_err(|_| RunError::ThreadDied(i))?;
             }
+        }
+        if let Some(j) = self.flood.as_mut().and_then(|f| f.join.take()) {
+            j.join().map_err(|_| RunError::FloodDied)?;
         }
         Ok(())
     }
@@ -432,6 +539,38 @@ fn thread_main(
             })
             .is_err()
         {
+            return;
+        }
+    }
+}
+
+fn flood_main(
+    core: Option<usize>,
+    cfg: FloodConfig,
+    sockets: Vec<ClientSocket>,
+    cmds: Receiver<Option<FloodCmd>>,
+    tx: Sender<Msg>,
+    interrupt: Arc<Interrupt>,
+) {
+    if let Some(core) = core {
+        if !pin_current_thread(core) {
+            eprintln!("ntp-loadgen: warning: the junk thread cannot be pinned to core {core}");
+        }
+    }
+    tighten_timer_slack();
+    let mut flood = match Flood::new(&cfg, sockets) {
+        Ok(f) => {
+            let _ = tx.send(Msg::FloodReady(Ok(())));
+            f
+        }
+        Err(e) => {
+            let _ = tx.send(Msg::FloodReady(Err(e)));
+            return;
+        }
+    };
+    while let Ok(Some(cmd)) = cmds.recv() {
+        let result = flood.run_step(&cmd, &interrupt);
+        if tx.send(Msg::FloodDone(Box::new(result))).is_err() {
             return;
         }
     }

@@ -33,6 +33,9 @@ pub struct Counters {
     pub send_calls: u64,
     /// Requests answered validly within the timeout.
     pub valid: u64,
+    /// Of `valid`, replies from a server that says it is unsynchronized,
+    /// counted as valid by `--accept-unsynchronized`.
+    pub valid_unsynchronized: u64,
     /// Requests answered after the timeout (but within twice it).
     pub late: u64,
     /// Requests without a matched reply within twice the timeout.
@@ -96,6 +99,7 @@ impl Counters {
         self.refused += o.refused;
         self.send_calls += o.send_calls;
         self.valid += o.valid;
+        self.valid_unsynchronized += o.valid_unsynchronized;
         self.late += o.late;
         self.lost += o.lost;
         for (a, b) in self.invalid.iter_mut().zip(o.invalid) {

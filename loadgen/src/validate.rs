@@ -2,6 +2,10 @@
 //! way a careful client would (RFC 5905 §8, RFC 4330 §5): mode 4, our
 //! version echoed, a kiss-o'-death recognised by its code, a synchronized
 //! and sane server, non-zero timestamps in order, a bounded root distance.
+//! A server that says it is unsynchronized (LI 3, stratum 16, or stratum 0
+//! with the status code `INIT` or `STEP`) is invalid, unless the caller
+//! accepts such replies for throughput (`--accept-unsynchronized`): then an
+//! otherwise valid one is [`Verdict::Unsynchronized`], counted as answered.
 //! Pure: header and times in, verdict (with the sample) out.
 
 use fastntp::proto::{Header, LeapIndicator, Mode, NtpTimestamp, RefId};
@@ -74,6 +78,9 @@ pub struct Sample {
 pub enum Verdict {
     /// A usable reply and what it measured.
     Valid(Sample),
+    /// A reply that would be valid but for the server saying it is not
+    /// synchronized; only given when such replies are accepted.
+    Unsynchronized(Sample),
     /// A kiss-o'-death with its code.
     Kod(RefId),
     /// Not usable, and why.
@@ -86,20 +93,36 @@ pub fn units_to_ns(units: i64) -> i64 {
     ((units as i128 * 1_000_000_000 + (1 << 31)) >> 32) as i64
 }
 
+/// Kiss codes that report a server's own state rather than ask the client
+/// to act (RFC 5905 §7.4): a stratum-0 reply with one of them is an
+/// unsynchronized server's answer, not a refusal.
+pub const STATUS_CODES: [RefId; 2] = [RefId::INIT, RefId(*b"STEP")];
+
 /// Judges reply header `h` to a request of `version`, sent at `t1` and
-/// received at `t4`.
+/// received at `t4`. With `accept_unsynchronized`, a reply whose only fault
+/// is that the server says it is unsynchronized is
+/// [`Verdict::Unsynchronized`] instead of invalid (or, for stratum 0 with a
+/// status code, instead of a kiss-o'-death).
 #[inline]
-pub fn judge(h: &Header, version: u8, t1: NtpTimestamp, t4: NtpTimestamp) -> Verdict {
+pub fn judge(
+    h: &Header,
+    version: u8,
+    t1: NtpTimestamp,
+    t4: NtpTimestamp,
+    accept_unsynchronized: bool,
+) -> Verdict {
     if h.mode() != Mode::Server {
         return Verdict::Invalid(Invalid::BadMode);
     }
     if h.version != version {
         return Verdict::Invalid(Invalid::BadVersion);
     }
-    if h.stratum == 0 {
+    if h.stratum == 0 && !(accept_unsynchronized && STATUS_CODES.contains(&h.reference_id)) {
         return Verdict::Kod(h.reference_id);
     }
-    if h.leap == LeapIndicator::Unsynchronized || h.stratum == 16 {
+    let unsynchronized =
+        h.stratum == 0 || h.leap == LeapIndicator::Unsynchronized || h.stratum == 16;
+    if unsynchronized && !accept_unsynchronized {
         return Verdict::Invalid(Invalid::Unsynchronized);
     }
     if h.stratum > 16 {
@@ -116,11 +139,16 @@ pub fn judge(h: &Header, version: u8, t1: NtpTimestamp, t4: NtpTimestamp) -> Ver
     }
     let rtt = t4.diff_units(t1) - residence;
     let theta = (t2.diff_units(t1) / 2).saturating_add(t3.diff_units(t4) / 2);
-    Verdict::Valid(Sample {
+    let sample = Sample {
         rtt_ns: units_to_ns(rtt),
         theta_ns: units_to_ns(theta),
         residence_ns: units_to_ns(residence),
-    })
+    };
+    if unsynchronized {
+        Verdict::Unsynchronized(sample)
+    } else {
+        Verdict::Valid(sample)
+    }
 }
 
 /// Counts of kiss codes seen, without allocating: up to 15 distinct codes
@@ -225,6 +253,7 @@ mod tests {
             4,
             ts(1_800_000_000, 10_000),
             ts(1_800_000_000, 21_000),
+            false,
         );
         let Verdict::Valid(s) = v else {
             panic!("{v:?}")
@@ -306,8 +335,71 @@ mod tests {
             ),
         ];
         for (h, want) in cases {
-            assert_eq!(judge(&h, 4, t1, t4), want, "{h:?}");
+            assert_eq!(judge(&h, 4, t1, t4, false), want, "{h:?}");
         }
+    }
+
+    #[test]
+    fn unsynchronized_replies_count_only_when_accepted() {
+        let t1 = ts(1_800_000_000, 10_000);
+        let t4 = ts(1_800_000_000, 21_000);
+        let Verdict::Valid(sample) = judge(&good(), 4, t1, t4, false) else {
+            panic!("good reply")
+        };
+        // ntpd-rs 1.9 without a source: LI 3 at its local stratum.
+        let ntpd_rs = Header {
+            leap: LeapIndicator::Unsynchronized,
+            stratum: 10,
+            reference_id: RefId(*b"XNON"),
+            ..good()
+        };
+        // fastntpd without a usable source: LI 3, stratum 0, INIT.
+        let init = Header {
+            leap: LeapIndicator::Unsynchronized,
+            stratum: 0,
+            reference_id: RefId::INIT,
+            ..good()
+        };
+        let sixteen = Header {
+            stratum: 16,
+            ..good()
+        };
+        for h in [ntpd_rs, sixteen] {
+            assert_eq!(
+                judge(&h, 4, t1, t4, false),
+                Verdict::Invalid(Invalid::Unsynchronized)
+            );
+            assert_eq!(judge(&h, 4, t1, t4, true), Verdict::Unsynchronized(sample));
+        }
+        assert_eq!(judge(&init, 4, t1, t4, false), Verdict::Kod(RefId::INIT));
+        assert_eq!(
+            judge(&init, 4, t1, t4, true),
+            Verdict::Unsynchronized(sample)
+        );
+        // Still a refusal: KoD RATE / DENY with LI 3.
+        for code in [RefId::RATE, RefId::DENY] {
+            let kod = Header {
+                reference_id: code,
+                ..init
+            };
+            assert_eq!(judge(&kod, 4, t1, t4, true), Verdict::Kod(code));
+        }
+        // Otherwise valid means otherwise valid.
+        let broken = Header {
+            transmit_ts: NtpTimestamp::ZERO,
+            ..ntpd_rs
+        };
+        assert_eq!(
+            judge(&broken, 4, t1, t4, true),
+            Verdict::Invalid(Invalid::BadTimestamps)
+        );
+        let wrong_mode = Header { mode: 5, ..ntpd_rs };
+        assert_eq!(
+            judge(&wrong_mode, 4, t1, t4, true),
+            Verdict::Invalid(Invalid::BadMode)
+        );
+        // A synchronized reply stays plainly valid with the option on.
+        assert_eq!(judge(&good(), 4, t1, t4, true), Verdict::Valid(sample));
     }
 
     #[test]

@@ -1,4 +1,7 @@
 //! `--source-range`: the server sees the clients' many source addresses.
+//! The fake server has a deep receive queue, and the figures are checked
+//! against what it counted itself, so a loaded host that starves its
+//! thread for a while slows the test down but does not fail it.
 
 mod common;
 
@@ -22,10 +25,13 @@ fn source_range_spreads_4096_clients_over_4096_loopback_addresses() {
             "10000",
             "--duration",
             "1",
+            // A starved server thread answers late, not never.
+            "--timeout",
+            "5",
             "--json",
             json.to_str().unwrap(),
         ],
-        Duration::from_secs(60),
+        Duration::from_secs(90),
     );
     let tally = server.stop();
     let (stdout, stderr) = text(&out);
@@ -39,8 +45,13 @@ fn source_range_spreads_4096_clients_over_4096_loopback_addresses() {
     let j = read_json(&json);
     assert_eq!(j["config"]["source_addresses"], 4096);
     assert_eq!(j["config"]["source_range"], "127.0.0.0/16");
-    let valid = j["steps"][0]["shares"]["valid_pct"].as_f64().unwrap();
-    assert!(valid >= 99.0, "{stdout}");
+    // Every request reached the server and every reply it sent came back
+    // valid (counted on both sides; a full queue would show here first).
+    let r = &j["steps"][0]["requests"];
+    let count = |k: &str| r[k].as_u64().unwrap();
+    assert_eq!(count("sent"), tally.requests, "{stdout}");
+    assert_eq!(tally.replies, tally.requests);
+    assert!(count("valid") * 100 >= tally.replies * 99, "{stdout}");
     assert!(
         stdout.contains("from 4,096 addresses of 127.0.0.0/16"),
         "{stdout}"

@@ -1,13 +1,16 @@
 //! Shared helpers for the ntp-loadgen integration tests: run the binary
 //! with a time limit, a scriptable fake NTP server in the test process
-//! (bounded in time and packets, loopback only), and chronyd / fastntpd as
-//! real servers on ephemeral loopback ports (skipped with "SKIPPED: …"
-//! when missing, unless FASTNTP_CI is set).
+//! (bounded in time and packets, loopback only, with a receive queue deep
+//! enough that a busy host starving its thread for a while loses nothing),
+//! a counting UDP sink, and chronyd / fastntpd as real servers on ephemeral
+//! loopback ports (skipped with "SKIPPED: …" when missing, unless
+//! FASTNTP_CI is set).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,11 +160,40 @@ pub fn ntp_now() -> u64 {
     (secs << 32) | frac
 }
 
+/// Receive queue of the test's servers and sinks: a few seconds of their
+/// traffic, so a thread starved by a loaded host catches up instead of
+/// losing datagrams (forced past `rmem_max` when root, as in CI).
+pub const DEEP_QUEUE: i32 = 64 << 20;
+
+/// Gives `sock` a [`DEEP_QUEUE`] (or as much as an unprivileged process
+/// may ask for).
+pub fn deepen(sock: &UdpSocket) {
+    let fd = sock.as_raw_fd();
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        let v: libc::c_int = DEEP_QUEUE;
+        // SAFETY: `v` is a live c_int and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
 /// What the fake server saw.
 #[derive(Debug, Default)]
 pub struct Tally {
     /// Requests received.
     pub requests: u64,
+    /// Datagrams sent back (replies, duplicates included).
+    pub replies: u64,
     /// Requests per fault label.
     pub by_label: HashMap<&'static str, u64>,
     /// Distinct client addresses.
@@ -192,6 +224,7 @@ impl FakeServer {
     pub fn start_on(bind: &str, mut script: Script, limit: Duration) -> Option<FakeServer> {
         let sock = UdpSocket::bind(bind).ok()?;
         let other = UdpSocket::bind(bind).ok()?;
+        deepen(&sock);
         sock.set_read_timeout(Some(Duration::from_millis(1)))
             .expect("timeout");
         let addr = sock.local_addr().expect("addr");
@@ -218,26 +251,26 @@ impl FakeServer {
                 };
                 let (label, action) = script(n, &buf[..len]);
                 n += 1;
-                {
-                    let mut t = tally2.lock().expect("tally");
-                    t.requests += 1;
-                    *t.by_label.entry(label).or_default() += 1;
-                    t.sources.insert(from.ip());
-                }
-                match action {
+                let replies = match action {
                     Action::Reply(bytes, d) if d.is_zero() => {
-                        let _ = sock.send_to(&bytes, from);
+                        sock.send_to(&bytes, from).is_ok() as u64
                     }
-                    Action::Reply(bytes, d) => delayed.push((Instant::now() + d, bytes, from)),
+                    Action::Reply(bytes, d) => {
+                        delayed.push((Instant::now() + d, bytes, from));
+                        1
+                    }
                     Action::ReplyTwice(bytes) => {
-                        let _ = sock.send_to(&bytes, from);
-                        let _ = sock.send_to(&bytes, from);
+                        sock.send_to(&bytes, from).is_ok() as u64
+                            + sock.send_to(&bytes, from).is_ok() as u64
                     }
-                    Action::ReplyFromElsewhere(bytes) => {
-                        let _ = other.send_to(&bytes, from);
-                    }
-                    Action::Drop => {}
-                }
+                    Action::ReplyFromElsewhere(bytes) => other.send_to(&bytes, from).is_ok() as u64,
+                    Action::Drop => 0,
+                };
+                let mut t = tally2.lock().expect("tally");
+                t.requests += 1;
+                t.replies += replies;
+                *t.by_label.entry(label).or_default() += 1;
+                t.sources.insert(from.ip());
             }
         });
         Some(FakeServer {
@@ -267,6 +300,88 @@ impl FakeServer {
 }
 
 impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP socket on 127.0.0.1 that counts what it receives, by datagram
+/// length, and answers every `answer_every`-th datagram (0: none) with a
+/// 48-byte datagram. Bounded: stops after `limit`.
+pub struct Sink {
+    /// Its address.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<(HashMap<usize, u64>, u64)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Starts one.
+    pub fn start(answer_every: u64, limit: Duration) -> Sink {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind sink");
+        deepen(&sock);
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .expect("timeout");
+        let addr = sock.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new((HashMap::new(), 0)));
+        let (stop2, counts2) = (Arc::clone(&stop), Arc::clone(&counts));
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            let mut buf = [0u8; 2048];
+            let mut n = 0u64;
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((len, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                n += 1;
+                let answered = answer_every > 0
+                    && n % answer_every == 0
+                    && sock.send_to(&[0x24; 48], from).is_ok();
+                let mut c = counts2.lock().expect("counts");
+                *c.0.entry(len).or_default() += 1;
+                c.1 += answered as u64;
+            }
+        });
+        Sink {
+            addr,
+            stop,
+            counts,
+            thread: Some(thread),
+        }
+    }
+
+    /// Datagrams received so far, in total.
+    pub fn received(&self) -> u64 {
+        self.counts.lock().expect("counts").0.values().sum()
+    }
+
+    /// Waits until the count stops changing (at most `limit`), stops, and
+    /// returns the datagrams received by length and the answers sent.
+    pub fn finish(mut self, limit: Duration) -> (HashMap<usize, u64>, u64) {
+        let deadline = Instant::now() + limit;
+        let mut last = u64::MAX;
+        while Instant::now() < deadline {
+            let now = self.received();
+            if now == last {
+                break;
+            }
+            last = now;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.counts.lock().expect("counts"))
+    }
+}
+
+impl Drop for Sink {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

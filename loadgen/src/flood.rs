@@ -1,0 +1,588 @@
+//! The junk flood of `--junk`: its own thread and its own connected
+//! sockets (several, so that a server's `SO_REUSEPORT` hash spreads them
+//! over its workers), sending the datagrams of [`crate::junk`] at a paced
+//! rate for the step's duration, beside the measured requests, and counting
+//! every datagram that comes back on those sockets — an answer to junk is
+//! an amplification bug.
+//!
+//! Sending is batched for speed: each call is one `sendmmsg` on one socket
+//! carrying one class (classes and sockets rotate call by call). With UDP
+//! GSO a message carries up to 64 datagrams of its class (a `UDP_SEGMENT`
+//! control message per message; the kernel cuts them into ordinary
+//! datagrams before any socket sees them); empty datagrams, and every class
+//! with `--no-gso` or where the kernel refuses GSO, go one per message.
+//! Per call only lengths and counters change: no allocation.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use crate::batch::RecvBatch;
+use crate::clients::{kernel_drops, ClientSocket};
+use crate::engine::{elapsed_ns, thread_usage, wait_until, GSO_MAX_SEGMENTS};
+use crate::junk::JunkClass;
+use crate::pacing::Schedule;
+use crate::poller::Poller;
+use crate::signals::Interrupt;
+
+/// Most datagrams per send call.
+pub const CALL_MAX: usize = 256;
+/// Pacing granularity: a call carries about this much of the schedule.
+const TICK_NS: u64 = 1_000_000;
+/// Largest GSO message (bytes of payload), below the UDP limit for both
+/// address families.
+const GSO_MAX_BYTES: usize = 65_000;
+/// Calls made back to back when behind schedule, before looking for
+/// replies again.
+const CATCH_UP_CALLS: usize = 8;
+/// Receive buffer of each junk socket (replies are not expected; a large
+/// buffer keeps an amplifying server's answers countable).
+pub const JUNK_RECV_BUFFER: usize = 1 << 20;
+/// Bytes kept of a reply to junk (only counted).
+const REPLY_SLOT: usize = 64;
+
+/// Control-message room for one `UDP_SEGMENT` (a u16), 8-byte aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct SegmentControl([u8; 32]);
+
+/// One class, ready to send: its bytes repeated for a GSO message.
+struct ClassBuf {
+    class: JunkClass,
+    /// `len` bytes of the class repeated `per_message` times.
+    bytes: Box<[u8]>,
+    len: usize,
+    /// Datagrams per message: up to 64 with GSO, else 1.
+    per_message: usize,
+}
+
+impl ClassBuf {
+    fn new(class: JunkClass, gso: bool) -> ClassBuf {
+        let one = class.bytes();
+        let len = one.len();
+        let per_message = if gso && len > 0 {
+            (GSO_MAX_BYTES / len).clamp(1, GSO_MAX_SEGMENTS)
+        } else {
+            1
+        };
+        let bytes = one.repeat(per_message.max(1)).into_boxed_slice();
+        ClassBuf {
+            class,
+            bytes,
+            len,
+            per_message,
+        }
+    }
+}
+
+/// What the flood thread needs for every step.
+#[derive(Clone, Debug)]
+pub struct FloodConfig {
+    /// Where the junk goes (the measured server).
+    pub target: SocketAddr,
+    /// The classes, sent in turn.
+    pub classes: Vec<JunkClass>,
+    /// Try UDP GSO.
+    pub gso: bool,
+    /// How long to keep counting replies after sending stops.
+    pub linger: Duration,
+}
+
+/// One step for the flood thread.
+#[derive(Clone, Copy, Debug)]
+pub struct FloodCmd {
+    /// Junk datagrams per second (all classes together).
+    pub rate: f64,
+    /// How long to send.
+    pub duration: Duration,
+    /// When to start (the same instant as the load threads).
+    pub start: Instant,
+}
+
+/// What the flood thread did in one step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FloodResult {
+    /// Junk datagrams the kernel accepted, in total.
+    pub sent: u64,
+    /// The same per class, in the order of the configuration.
+    pub sent_by_class: Vec<u64>,
+    /// Datagrams due by the schedule when sending stopped.
+    pub scheduled: u64,
+    /// Send calls that sent something.
+    pub calls: u64,
+    /// Send calls that found the socket buffer full.
+    pub buffer_full: u64,
+    /// ICMP errors reported on the junk sockets (nothing listening at the
+    /// target), on a send call or while reading.
+    pub refused: u64,
+    /// Datagrams that failed to send for another reason.
+    pub send_errors: u64,
+    /// Datagrams that came back on the junk sockets (read, or dropped at
+    /// their full receive buffers).
+    pub replies: u64,
+    /// Bytes of the replies read.
+    pub reply_bytes: u64,
+    /// Largest lag behind the schedule, nanoseconds.
+    pub max_lag_ns: u64,
+    /// CPU time the flood thread used while sending, nanoseconds.
+    pub cpu_ns: u64,
+    /// Times the flood thread was preempted while sending.
+    pub preempted: u64,
+    /// How long it sent.
+    pub send_window: Duration,
+    /// Whether every class went out as GSO batches (empty datagrams never
+    /// do).
+    pub gso_classes: usize,
+    /// Sending stopped early on Ctrl-C.
+    pub interrupted: bool,
+}
+
+impl FloodResult {
+    /// Adds another step's result (windows add up, maxima take the larger).
+    pub fn merge(&mut self, o: &FloodResult) {
+        self.sent += o.sent;
+        for (a, b) in self.sent_by_class.iter_mut().zip(&o.sent_by_class) {
+            *a += b;
+        }
+        self.scheduled += o.scheduled;
+        self.calls += o.calls;
+        self.buffer_full += o.buffer_full;
+        self.refused += o.refused;
+        self.send_errors += o.send_errors;
+        self.replies += o.replies;
+        self.reply_bytes += o.reply_bytes;
+        self.max_lag_ns = self.max_lag_ns.max(o.max_lag_ns);
+        self.cpu_ns += o.cpu_ns;
+        self.preempted += o.preempted;
+        self.send_window += o.send_window;
+        self.gso_classes = self.gso_classes.min(o.gso_classes);
+        self.interrupted |= o.interrupted;
+    }
+}
+
+/// The flood thread's state (lives and dies on its thread: its message
+/// headers hold raw pointers into its own buffers).
+pub struct Flood {
+    sockets: Vec<ClientSocket>,
+    poller: Poller,
+    classes: Vec<ClassBuf>,
+    iov: Box<[libc::iovec]>,
+    hdr: Box<[libc::mmsghdr]>,
+    control: Box<[SegmentControl]>,
+    /// Datagrams in each message of the call being built.
+    segs: Box<[usize]>,
+    replies: RecvBatch<REPLY_SLOT, 0>,
+    drops_base: Vec<u32>,
+    next_socket: usize,
+    next_class: usize,
+    linger: Duration,
+    r: FloodResult,
+}
+
+impl Flood {
+    /// A flood over `sockets` (connected to the target) sending `cfg`'s
+    /// classes.
+    pub fn new(cfg: &FloodConfig, sockets: Vec<ClientSocket>) -> std::io::Result<Flood> {
+        let mut poller = Poller::new(sockets.len())?;
+        for (i, s) in sockets.iter().enumerate() {
+            poller.add(s.fd(), i as u64)?;
+        }
+        let zeroed = |n| -> Box<[libc::mmsghdr]> {
+            // SAFETY: all-zero bytes are a valid mmsghdr (null pointers,
+            // zero lengths).
+            (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
+        };
+        Ok(Flood {
+            drops_base: vec![0; sockets.len()],
+            sockets,
+            poller,
+            classes: cfg
+                .classes
+                .iter()
+                .map(|&c| ClassBuf::new(c, cfg.gso))
+                .collect(),
+            iov: (0..CALL_MAX)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            hdr: zeroed(CALL_MAX),
+            control: vec![SegmentControl([0; 32]); CALL_MAX].into_boxed_slice(),
+            segs: vec![0; CALL_MAX].into_boxed_slice(),
+            replies: RecvBatch::new(64),
+            next_socket: 0,
+            next_class: 0,
+            linger: cfg.linger,
+            r: FloodResult::default(),
+        })
+    }
+
+    /// Runs one step: junk at `cmd.rate` from `cmd.start` for
+    /// `cmd.duration` (or until `interrupt`), then counts replies for the
+    /// linger time.
+    pub fn run_step(&mut self, cmd: &FloodCmd, interrupt: &Interrupt) -> FloodResult {
+        self.r = FloodResult {
+            sent_by_class: vec![0; self.classes.len()],
+            gso_classes: self.classes.iter().filter(|c| c.per_message > 1).count(),
+            ..FloodResult::default()
+        };
+        for (base, s) in self.drops_base.iter_mut().zip(&self.sockets) {
+            *base = kernel_drops(s.fd()).unwrap_or(0);
+        }
+        let duration_ns = cmd.duration.as_nanos().min(u64::MAX as u128) as u64;
+        let sched = Schedule::with_tick(cmd.rate, duration_ns, CALL_MAX, TICK_NS);
+        wait_until(cmd.start);
+        let usage_before = thread_usage();
+        let mut done = 0u64;
+        loop {
+            if interrupt.stop_requested() {
+                self.r.interrupted = true;
+                break;
+            }
+            // Past the end everything is due: the tail goes out before the
+            // loop ends, however late this thread woke up.
+            let el = elapsed_ns(cmd.start);
+            let mut want = sched.to_send(done, el);
+            if want > 0 {
+                self.r.max_lag_ns = self.r.max_lag_ns.max(sched.lag(done, el));
+                for _ in 0..CATCH_UP_CALLS {
+                    if want == 0 {
+                        break;
+                    }
+                    let consumed = self.send_call(want.min(CALL_MAX as u64) as usize);
+                    if consumed == 0 {
+                        break;
+                    }
+                    done += consumed;
+                    want -= consumed;
+                }
+            }
+            if done >= sched.total() || el >= duration_ns {
+                break;
+            }
+            // Look for replies, and sleep until the next call is due.
+            let wait = match sched.next_release(done) {
+                Some(next) if want == 0 => next.saturating_sub(elapsed_ns(cmd.start)),
+                _ => 0,
+            };
+            self.poll(wait.min(duration_ns.saturating_sub(elapsed_ns(cmd.start))));
+        }
+        let send_end = Duration::from_nanos(elapsed_ns(cmd.start));
+        let usage_after = thread_usage();
+        self.r.cpu_ns = usage_after.cpu_ns.saturating_sub(usage_before.cpu_ns);
+        self.r.preempted = usage_after.preempted.saturating_sub(usage_before.preempted);
+        self.r.scheduled = if self.r.interrupted {
+            sched.due_by(send_end.as_nanos() as u64)
+        } else {
+            sched.total()
+        };
+        self.r.send_window = if self.r.interrupted {
+            send_end
+        } else {
+            cmd.duration
+        };
+        // Replies to the last datagrams may still be on their way.
+        let linger_end = Instant::now() + self.linger;
+        while !interrupt.hurry() {
+            let now = Instant::now();
+            if now >= linger_end {
+                break;
+            }
+            self.poll((linger_end - now).as_nanos().min(20_000_000) as u64);
+        }
+        self.poll(0);
+        for (base, s) in self.drops_base.iter().zip(&self.sockets) {
+            let now = kernel_drops(s.fd()).unwrap_or(*base);
+            self.r.replies += now.wrapping_sub(*base) as u64;
+        }
+        std::mem::take(&mut self.r)
+    }
+
+    /// One `sendmmsg` of `k` datagrams of the next class on the next
+    /// socket; returns how many datagrams of the schedule are dealt with
+    /// (0: retry later).
+    fn send_call(&mut self, k: usize) -> u64 {
+        let ci = self.next_class;
+        let s = self.next_socket;
+        let fd = self.sockets[s].fd();
+        let messages = self.build(ci, k);
+        let result = send_messages(fd, &mut self.hdr[..messages]);
+        match result {
+            Ok(sent_msgs) => {
+                let sent: usize = self.segs[..sent_msgs].iter().sum();
+                self.r.calls += 1;
+                self.r.sent += sent as u64;
+                self.r.sent_by_class[ci] += sent as u64;
+                self.advance();
+                sent as u64
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::ENOBUFS | libc::ENOMEM) => {
+                    self.r.buffer_full += 1;
+                    self.next_socket = (s + 1) % self.sockets.len();
+                    0
+                }
+                Some(libc::ECONNREFUSED) => {
+                    // An ICMP error from an earlier datagram, now cleared.
+                    self.r.refused += 1;
+                    0
+                }
+                Some(libc::EINVAL | libc::EIO | libc::EOPNOTSUPP)
+                    if self.classes[ci].per_message > 1 =>
+                {
+                    // The route cannot take GSO: this class goes one
+                    // datagram per message from now on.
+                    let class = self.classes[ci].class;
+                    self.classes[ci] = ClassBuf::new(class, false);
+                    self.r.gso_classes = self.r.gso_classes.saturating_sub(1);
+                    0
+                }
+                _ => {
+                    self.r.send_errors += k as u64;
+                    self.advance();
+                    k as u64
+                }
+            },
+        }
+    }
+
+    fn advance(&mut self) {
+        self.next_class = (self.next_class + 1) % self.classes.len();
+        self.next_socket = (self.next_socket + 1) % self.sockets.len();
+    }
+
+    /// Fills the message headers for `k` datagrams of class `ci`; returns
+    /// the number of messages.
+    fn build(&mut self, ci: usize, k: usize) -> usize {
+        let c = &self.classes[ci];
+        let base = c.bytes.as_ptr() as *mut libc::c_void;
+        let mut left = k;
+        let mut m = 0;
+        while left > 0 && m < CALL_MAX {
+            let n = left.min(c.per_message);
+            self.iov[m] = libc::iovec {
+                iov_base: base,
+                iov_len: n * c.len,
+            };
+            let h = &mut self.hdr[m].msg_hdr;
+            h.msg_iov = &mut self.iov[m];
+            h.msg_iovlen = 1;
+            if c.per_message > 1 {
+                let len = write_segment_control(&mut self.control[m], c.len as u16);
+                h.msg_control = self.control[m].0.as_mut_ptr().cast();
+                h.msg_controllen = len as _;
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+            self.hdr[m].msg_len = 0;
+            self.segs[m] = n;
+            left -= n;
+            m += 1;
+        }
+        m
+    }
+
+    /// Waits up to `timeout_ns` and counts what came back on the sockets.
+    fn poll(&mut self, timeout_ns: u64) {
+        let Ok(n) = self.poller.wait(timeout_ns) else {
+            return;
+        };
+        for i in 0..n {
+            let fd = self.sockets[self.poller.ready(i).token as usize].fd();
+            self.read(fd);
+        }
+    }
+
+    fn read(&mut self, fd: RawFd) {
+        loop {
+            match self.replies.recv(fd, 0) {
+                Ok(0) => return,
+                Ok(n) => {
+                    self.r.replies += n as u64;
+                    self.r.reply_bytes += (0..n).map(|i| self.replies.len(i) as u64).sum::<u64>();
+                    if n < self.replies.capacity() {
+                        return;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    // The ICMP error of a datagram to a closed port: reading
+                    // it clears it; the next send goes through.
+                    self.r.refused += 1;
+                    continue;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// `sendmmsg` on connected `fd`; the number of messages sent, or the error
+/// if none was.
+fn send_messages(fd: RawFd, hdr: &mut [libc::mmsghdr]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: every header points at an iovec and (for GSO) a control
+        // buffer owned by the flood, and the iovecs at its class buffers,
+        // all alive and unmoved during the call; the socket is connected,
+        // so no names are needed.
+        let rc =
+            unsafe { libc::sendmmsg(fd, hdr.as_mut_ptr(), hdr.len() as u32, libc::MSG_DONTWAIT) };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Writes a `UDP_SEGMENT` control message of segment size `size` into
+/// `out`; returns its length.
+fn write_segment_control(out: &mut SegmentControl, size: u16) -> usize {
+    let data = std::mem::size_of::<u16>() as u32;
+    // SAFETY: CMSG_SPACE / CMSG_LEN are pure arithmetic.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(data) as usize,
+            libc::CMSG_LEN(data) as usize,
+        )
+    };
+    let header = libc::cmsghdr {
+        cmsg_len: len as _,
+        cmsg_level: libc::SOL_UDP,
+        cmsg_type: libc::UDP_SEGMENT,
+    };
+    let hlen = std::mem::size_of::<libc::cmsghdr>();
+    debug_assert!(space <= out.0.len() && hlen + 2 <= len);
+    // SAFETY: `out` is 8-byte aligned and at least `space` bytes long, so
+    // the header fits at its start; cmsghdr is plain old data.
+    unsafe {
+        std::ptr::write(out.0.as_mut_ptr().cast::<libc::cmsghdr>(), header);
+    }
+    out.0[hlen..hlen + 2].copy_from_slice(&size.to_ne_bytes());
+    space
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::open_plain;
+    use crate::junk::JunkClass;
+    use std::net::UdpSocket;
+
+    /// Reads everything `sink` receives within `for_` (it stops early once
+    /// `want` datagrams came): datagram lengths in arrival order.
+    fn drain(sink: &UdpSocket, want: usize, for_: Duration) -> Vec<usize> {
+        sink.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let deadline = Instant::now() + for_;
+        let mut lens = Vec::new();
+        let mut buf = [0u8; 2048];
+        while lens.len() < want && Instant::now() < deadline {
+            if let Ok(n) = sink.recv(&mut buf) {
+                lens.push(n);
+            }
+        }
+        lens
+    }
+
+    /// Room in `sink`'s queue for everything a test sends, whatever else
+    /// the host is doing (forced when root, else up to `rmem_max`).
+    fn deepen(sink: &UdpSocket) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(sink);
+        let set = |opt| fastntp::io::socket::setsockopt_int(fd, libc::SOL_SOCKET, opt, 32 << 20);
+        if set(libc::SO_RCVBUFFORCE).is_err() {
+            let _ = set(libc::SO_RCVBUF);
+        }
+    }
+
+    fn flood_to(sink: &UdpSocket, classes: Vec<JunkClass>, gso: bool) -> Flood {
+        deepen(sink);
+        let target = sink.local_addr().unwrap();
+        let sockets = open_plain(target, 2, JUNK_RECV_BUFFER).unwrap();
+        let cfg = FloodConfig {
+            target,
+            classes,
+            gso,
+            linger: Duration::from_millis(10),
+        };
+        Flood::new(&cfg, sockets).unwrap()
+    }
+
+    #[test]
+    fn a_call_sends_each_class_as_separate_datagrams_with_and_without_gso() {
+        for gso in [true, false] {
+            let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let classes = vec![JunkClass::Oversize, JunkClass::Empty, JunkClass::Short];
+            let mut f = flood_to(&sink, classes, gso);
+            f.r.sent_by_class = vec![0; 3];
+            for k in [100, 7, 30] {
+                assert_eq!(f.send_call(k), k as u64, "gso {gso}");
+            }
+            let lens = drain(&sink, 137, Duration::from_secs(5));
+            let mut want = vec![1400; 100];
+            want.extend([0; 7]);
+            want.extend([47; 30]);
+            assert_eq!(lens, want, "gso {gso}");
+            assert_eq!(f.r.sent, 137);
+            assert_eq!(f.r.sent_by_class, vec![100, 7, 30]);
+            // GSO: 100 oversize datagrams in 3 messages (46 per 64,400 B).
+            assert_eq!(f.classes[0].per_message, if gso { 46 } else { 1 });
+            assert_eq!(f.classes[1].per_message, 1, "empty datagrams never GSO");
+        }
+    }
+
+    #[test]
+    fn a_flood_that_wakes_after_the_end_still_sends_its_tail() {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut f = flood_to(&sink, vec![JunkClass::Empty], true);
+        let cmd = FloodCmd {
+            rate: 10_000.0,
+            duration: Duration::from_millis(50),
+            start: Instant::now() - Duration::from_millis(80),
+        };
+        let r = f.run_step(&cmd, &Interrupt::default());
+        assert_eq!((r.sent, r.scheduled), (500, 500), "{r:?}");
+        assert_eq!(drain(&sink, 500, Duration::from_secs(5)), vec![0; 500]);
+    }
+
+    #[test]
+    fn a_step_is_paced_and_counts_replies() {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut f = flood_to(&sink, vec![JunkClass::Mode(6)], true);
+        // The "server" answers one datagram per junk socket.
+        let interrupt = Interrupt::default();
+        let cmd = FloodCmd {
+            rate: 20_000.0,
+            duration: Duration::from_millis(300),
+            start: Instant::now() + Duration::from_millis(5),
+        };
+        let answer = std::thread::spawn({
+            let sink = sink.try_clone().unwrap();
+            move || {
+                let mut seen = std::collections::HashSet::new();
+                let mut buf = [0u8; 64];
+                sink.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let mut got = 0;
+                while let Ok((_, from)) = sink.recv_from(&mut buf) {
+                    got += 1;
+                    if seen.insert(from) {
+                        sink.send_to(b"reply", from).unwrap();
+                    }
+                }
+                got
+            }
+        });
+        let r = f.run_step(&cmd, &interrupt);
+        let got = answer.join().unwrap();
+        assert_eq!(r.sent, 6_000, "{r:?}");
+        assert_eq!(r.scheduled, 6_000);
+        assert_eq!(got, 6_000);
+        assert_eq!(r.replies, 2, "{r:?}");
+        assert_eq!(r.reply_bytes, 10);
+        assert!(r.calls >= 6_000 / CALL_MAX as u64, "{r:?}");
+    }
+}
