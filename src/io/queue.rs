@@ -8,7 +8,8 @@
 //!
 //! - the queue is sized, by feedback, so that a full queue holds about half
 //!   the limit's worth of work: when requests come out older than half the
-//!   limit, the queue shrinks; when the kernel drops datagrams although
+//!   limit in two intervals running (overload; a single stall passes), the
+//!   queue shrinks; when the kernel drops datagrams although
 //!   requests come out young (bursts, not overload), it grows. The excess
 //!   of an overload is then dropped by the kernel on arrival, cheaply, and
 //!   what is answered is answered fast;
@@ -63,6 +64,8 @@ pub struct QueueBound {
     oldest_nanos: i64,
     stale: u64,
     kernel_drops: Option<u64>,
+    /// The last interval saw requests older than half the limit.
+    was_old: bool,
 }
 
 impl QueueBound {
@@ -77,6 +80,7 @@ impl QueueBound {
             oldest_nanos: 0,
             stale: 0,
             kernel_drops: None,
+            was_old: false,
         }
     }
 
@@ -122,11 +126,15 @@ impl QueueBound {
             .kernel_drops
             .replace(kernel_drops)
             .is_some_and(|before| kernel_drops > before);
-        let (oldest, stale) = (self.oldest_nanos, self.stale);
+        let oldest = self.oldest_nanos;
         self.interval_start = now;
         self.oldest_nanos = 0;
         self.stale = 0;
-        let wanted = if stale > 0 || oldest > self.limit_nanos / 2 {
+        // Old requests in two intervals running: overload, not a stall
+        // (a stall passes; shrinking for it would only cost the next burst).
+        let old = oldest > self.limit_nanos / 2;
+        let overloaded = old && std::mem::replace(&mut self.was_old, old);
+        let wanted = if overloaded {
             (self.bytes as f64 * SHRINK) as usize
         } else if dropped && oldest < self.limit_nanos / 4 {
             (self.bytes as f64 * GROW) as usize
@@ -178,22 +186,25 @@ mod tests {
         let start = q.bytes();
         assert!(q.due(at(0)));
         assert_eq!(q.adjust(at(0), 0), None, "first interval: nothing known");
-        // Overload: requests come out 40 ms old.
+        // A stall: requests come out 40 ms old once. Nothing changes.
         q.is_stale(at(60), at(100));
         assert!(!q.due(at(50)));
         assert!(q.due(at(100)));
-        let shrunk = q.adjust(at(100), 500).expect("shrinks");
+        assert_eq!(q.adjust(at(100), 0), None);
+        // Overload: the next interval's requests come out old too.
+        q.is_stale(at(160), at(199));
+        let shrunk = q.adjust(at(200), 500).expect("shrinks");
         assert!(shrunk < start);
         // Young requests and no kernel drops: unchanged.
-        q.is_stale(at(199), at(200));
-        assert_eq!(q.adjust(at(200), 500), None);
-        // Young requests but the kernel dropped some: a burst; grow.
         q.is_stale(at(299), at(300));
-        let grown = q.adjust(at(300), 900).expect("grows");
+        assert_eq!(q.adjust(at(300), 500), None);
+        // Young requests but the kernel dropped some: a burst; grow.
+        q.is_stale(at(399), at(400));
+        let grown = q.adjust(at(400), 900).expect("grows");
         assert!(grown > shrunk);
         // Shrinking stops at the floor.
         for i in 0..100 {
-            let t = 400 + 100 * i;
+            let t = 500 + 100 * i;
             q.is_stale(at(t - 60), at(t));
             q.adjust(at(t), 900);
         }
