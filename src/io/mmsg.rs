@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::cmsg::{self, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::errors::{self, Backoff, ErrorAction};
 use super::socket::{self, ListenSocket};
-use super::txtime::{ProbeKeys, SendProbe};
+use super::txtime::{ProbeKeys, SEND_CHUNK};
 use super::worker::{Datagram, Worker};
 use crate::clock;
 use crate::proto::HEADER_LEN;
@@ -35,12 +35,12 @@ struct SendControl([u8; SEND_CONTROL_LEN]);
 /// What [`MmsgBatch::send`] did.
 #[derive(Clone, Copy, Debug, Default)]
 struct Sent {
+    /// Replies handed to the kernel.
+    sent: u64,
     /// Replies that could not be sent.
     failed: u64,
     /// The last error.
     errno: i32,
-    /// The probed reply (if any) went out.
-    probe_sent: bool,
 }
 
 /// The buffers and message headers of one worker. The headers point into
@@ -180,27 +180,13 @@ impl MmsgBatch {
         s.msg_controllen = control_len as _;
     }
 
-    /// Makes queued reply `slot` ask for its kernel transmit timestamp.
-    fn request_tx_timestamp(&mut self, slot: usize) {
-        let control = &mut self.send_control[slot].0;
-        let s = &mut self.send_hdr[slot].msg_hdr;
-        // msg_controllen is size_t on glibc but socklen_t on musl.
-        #[allow(clippy::unnecessary_cast)]
-        let len = cmsg::append_tx_timestamp_request(control, s.msg_controllen as usize);
-        s.msg_control = control.as_mut_ptr().cast();
-        s.msg_controllen = len as _;
-    }
-
-    /// Sends queued replies `range`; says how many failed, the last error
-    /// and whether the reply at `probe` went out. A failure of one reply
-    /// (e.g. a firewall refusing one destination) skips just that reply; a
-    /// full send buffer fails the rest.
-    fn send(&mut self, fd: i32, range: std::ops::Range<usize>, probe: Option<usize>) -> Sent {
+    /// Sends queued replies `range`; says how many went out, how many
+    /// failed and the last error. A failure of one reply (e.g. a firewall
+    /// refusing one destination) skips just that reply; a full send buffer
+    /// fails the rest.
+    fn send(&mut self, fd: i32, range: std::ops::Range<usize>) -> Sent {
         let (mut done, count) = (range.start, range.end);
-        let mut sent = Sent {
-            probe_sent: probe.is_some(),
-            ..Sent::default()
-        };
+        let mut sent = Sent::default();
         while done < count {
             // SAFETY: headers `done..count` were filled by `queue` and point
             // at buffers owned by `self` (names stay valid until the next
@@ -215,6 +201,7 @@ impl MmsgBatch {
             };
             if rc > 0 {
                 done += rc as usize;
+                sent.sent += rc as u64;
                 continue;
             }
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -223,12 +210,10 @@ impl MmsgBatch {
                 libc::EINTR => continue,
                 libc::EAGAIN | libc::ENOBUFS | libc::ENOMEM => {
                     sent.failed += (count - done) as u64;
-                    sent.probe_sent &= probe.is_some_and(|p| p < done);
                     break;
                 }
                 _ => {
                     sent.failed += 1;
-                    sent.probe_sent &= probe != Some(done);
                     done += 1;
                 }
             }
@@ -320,7 +305,7 @@ pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -
                 // A transmit timestamp that came after its probe was given
                 // up (or an error report): read it, or `poll` keeps saying
                 // POLLERR and the worker spins.
-                socket::take_probe_timestamp(sock.fd(), &mut st.keys, None);
+                socket::drain_probe_timestamps(sock.fd(), &mut st.keys);
             }
             if pfd.revents & libc::POLLIN == 0 {
                 continue;
@@ -380,8 +365,9 @@ impl MmsgBatch {
     /// One batch from `sock`: reads up to [`BATCH`] datagrams, answers them
     /// through `worker`, and sends the replies in chunks, each stamped
     /// just before it goes (see [`super::txtime`]). With `keys`, a chunk
-    /// now and then asks for its kernel transmit timestamp (the sweeps of
-    /// the io_uring backend pass `None`: its own probes are in flight).
+    /// now and then goes out with kernel transmit timestamps on (the sweeps
+    /// of the io_uring backend pass `None`: its own probes may be in
+    /// flight).
     /// `all` are the worker's sockets (their receive queues are bounded
     /// together). Returns how many datagrams were read, or the receive's
     /// errno (`EAGAIN` is 0 datagrams, not an error).
@@ -410,25 +396,24 @@ impl MmsgBatch {
         let mut start = 0;
         while start < queued {
             let end = (start + chunk).min(queued);
-            let probe = match keys {
-                Some(_) => worker.tx_probe_due(end - start),
-                None => None,
-            };
-            if let Some(p) = probe {
-                self.request_tx_timestamp(start + p.position());
-            }
+            // A probed chunk goes out with transmit stamps on (see txtime).
+            let probe = keys.is_some() && worker.tx_probe_due();
+            let probing = probe && socket::set_tx_stamping(sock.fd(), true).is_ok();
             let t0 = clock::now();
             for (position, reply) in self.replies[start..end].iter_mut().enumerate() {
                 worker.stamp_transmit(reply, t0, position);
             }
-            let probe_at = probe.map(|p| start + p.position());
-            let sent = self.send(sock.fd(), start..end, probe_at);
+            let sent = self.send(sock.fd(), start..end);
             worker.note_send_failures(sent.failed, sent.errno);
-            if let (Some(p), Some(keys), true) = (probe, keys.as_deref_mut(), sent.probe_sent) {
-                let key = keys.next();
-                keys.sent();
-                if let Some(departed) = socket::take_probe_timestamp(sock.fd(), keys, Some(key)) {
-                    worker.observe_departure(p, t0, departed, SendProbe::MMSG);
+            if let (true, Some(keys)) = (probing, keys.as_deref_mut()) {
+                let _ = socket::set_tx_stamping(sock.fd(), false);
+                let first = keys.next();
+                keys.sent(sent.sent as usize);
+                let mut departed = [None; SEND_CHUNK];
+                let departed = &mut departed[..(end - start).min(SEND_CHUNK)];
+                socket::take_probe_timestamps(sock.fd(), keys, first, departed);
+                if sent.failed == 0 {
+                    worker.observe_departures(t0, departed);
                 }
             }
             start = end;

@@ -194,15 +194,7 @@ fn bind_one(addr: SocketAddr, opts: SocketOptions) -> Result<ListenSocket, Socke
     set_buffer(fd, libc::SO_RCVBUFFORCE, opts.receive_queue / 2).map_err(step("SO_RCVBUF"))?;
     set_buffer(fd, libc::SO_SNDBUFFORCE, SEND_BUFFER).map_err(step("SO_SNDBUF"))?;
     if opts.timestamps {
-        // RX stamps on every datagram; TX stamps only where a reply asks
-        // for one (see `cmsg::append_tx_timestamp_request`), returned
-        // without the packet and numbered (see `txtime::ProbeKeys`).
-        let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE
-            | libc::SOF_TIMESTAMPING_SOFTWARE
-            | libc::SOF_TIMESTAMPING_OPT_TSONLY
-            | libc::SOF_TIMESTAMPING_OPT_ID;
-        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32)
-            .map_err(step("SO_TIMESTAMPING"))?;
+        set_tx_stamping(fd, false).map_err(step("SO_TIMESTAMPING"))?;
     }
     if wildcard {
         let (level, name) = match addr {
@@ -335,28 +327,55 @@ pub fn recv_with_control<'c>(
     Ok(Some((n as usize, &control.0[..len])))
 }
 
+/// Timestamping of a listen socket: software receive stamps on every
+/// datagram; transmit stamps (when switched on, see [`set_tx_stamping`])
+/// returned without the packet and numbered (see [`ProbeKeys`]).
+const STAMPING: u32 = libc::SOF_TIMESTAMPING_RX_SOFTWARE
+    | libc::SOF_TIMESTAMPING_SOFTWARE
+    | libc::SOF_TIMESTAMPING_OPT_TSONLY
+    | libc::SOF_TIMESTAMPING_OPT_ID;
+
+/// Switches software transmit timestamps of every datagram `fd` sends on
+/// or off (receive stamps stay on): on for the one chunk of replies a
+/// worker probes now and then (see [`super::txtime`]).
+pub fn set_tx_stamping(fd: RawFd, on: bool) -> io::Result<()> {
+    let flags = if on {
+        STAMPING | libc::SOF_TIMESTAMPING_TX_SOFTWARE
+    } else {
+        STAMPING
+    };
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32)
+}
+
 /// Most error-queue messages read at once (transmit timestamps come one
 /// per probe, and ICMP errors only if asked for; more than this means a
 /// backlog that the next call drains further).
 const ERRQUEUE_BATCH: usize = 64;
 
 /// Drains the error queue of `fd` without blocking (so that nothing left
-/// there keeps waking `poll`) and returns the kernel transmit timestamp of
-/// the probe numbered `expected`, if it is there (see
-/// [`cmsg::append_tx_timestamp_request`](super::cmsg::append_tx_timestamp_request)
-/// and [`ProbeKeys`]); every other stamp is read and discarded.
-pub fn take_probe_timestamp(
+/// there keeps waking `poll`) and puts the kernel transmit timestamps of
+/// the probed chunk whose first reply was numbered `first` into
+/// `departed` (one slot per reply of the chunk; see [`ProbeKeys`]); every
+/// other stamp is read and discarded.
+pub fn take_probe_timestamps(
     fd: RawFd,
     keys: &mut ProbeKeys,
-    expected: Option<u32>,
-) -> Option<UnixTime> {
-    let mut stamp = None;
+    first: u32,
+    departed: &mut [Option<UnixTime>],
+) {
+    departed.fill(None);
+    let len = departed.len();
     drain_error_queue(fd, |tx| {
-        if keys.observed(tx.id, expected) {
-            stamp = Some(tx.stamp);
+        if let Some(position) = keys.observed(tx.id, first, len) {
+            departed[position] = Some(tx.stamp);
         }
     });
-    stamp
+}
+
+/// Drains the error queue of `fd` without blocking, keeping `keys` in step
+/// with the stamps found there (no chunk is waiting for them).
+pub fn drain_probe_timestamps(fd: RawFd, keys: &mut ProbeKeys) {
+    take_probe_timestamps(fd, keys, keys.next(), &mut []);
 }
 
 /// Drains the error queue of `fd` without blocking and returns the last

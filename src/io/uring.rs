@@ -30,7 +30,7 @@ use super::cmsg::{self, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::errors::{self, Backoff, ErrorAction, RingFailures};
 use super::mmsg::{self, MmsgBatch};
 use super::socket::{self, ListenSocket};
-use super::txtime::{Probe, ProbeKeys, SendProbe};
+use super::txtime::{ProbeKeys, SEND_CHUNK};
 use super::worker::{Datagram, Worker};
 use crate::clock;
 use crate::proto::{UnixTime, HEADER_LEN};
@@ -262,16 +262,25 @@ struct SocketState {
     keys: ProbeKeys,
 }
 
-/// A reply that asked for its kernel transmit timestamp.
+/// A chunk of replies sent with kernel transmit timestamps on (see
+/// [`super::txtime`]), until its stamps are read.
 #[derive(Clone, Copy, Debug)]
 struct TxSample {
-    probe: Probe,
-    /// Its chunk's stamping time.
+    /// Its stamping time.
     t0: UnixTime,
-    /// Its socket (index).
+    /// Its socket (index); transmit stamps are on for it until `stamping`
+    /// is cleared.
     sock: usize,
-    /// Its `OPT_ID` number (see [`ProbeKeys`]).
-    key: u32,
+    /// Its replies.
+    len: usize,
+    /// The `OPT_ID` number of its first reply (see [`ProbeKeys`]).
+    first: u32,
+    /// Transmit stamps are still on for its socket (its chunk goes out
+    /// with the next wait).
+    stamping: bool,
+    /// The send slots of its replies, until their sends complete: a failed
+    /// send gives its number back.
+    slots: [Option<u32>; SEND_CHUNK],
 }
 
 /// Everything one worker's ring needs. Field order matters: the ring is
@@ -302,11 +311,9 @@ struct UringWorker<'a> {
     /// The last batch was big, or receives were re-armed: do not linger
     /// waiting for the next.
     busy: bool,
-    /// A reply that asked for its transmit timestamp, not read back yet.
+    /// The last probed chunk, until its stamps are read and its sends
+    /// complete.
     tx_sample: Option<TxSample>,
-    /// The send slot and socket of the last probe, until its send
-    /// completes: a failed send gives its number back.
-    probe_send: Option<(u32, usize)>,
 }
 
 /// Pushes an entry, submitting first if the queue is full.
@@ -373,7 +380,6 @@ impl<'a> UringWorker<'a> {
             pending: Vec::with_capacity(SEND_SLOTS),
             busy: false,
             tx_sample: None,
-            probe_send: None,
         })
     }
 
@@ -470,15 +476,15 @@ impl<'a> UringWorker<'a> {
         let mut start = 0;
         while start < sends {
             let end = (start + chunk).min(sends);
-            // One probe at a time: only its stamp is expected back.
-            let probe = match self.tx_sample {
-                None => worker.tx_probe_due(end - start),
-                Some(_) => None,
-            };
-            if let Some(p) = probe {
-                let (slot, _) = self.pending[start + p.position()];
-                self.request_tx_timestamp(slot as usize);
-            }
+            // One probed chunk at a time, all on one socket (transmit
+            // stamps are switched on per socket).
+            let sock = self.pending[start].1 as usize;
+            let probe = self.tx_sample.is_none()
+                && self.pending[start..end]
+                    .iter()
+                    .all(|p| p.1 as usize == sock)
+                && worker.tx_probe_due()
+                && socket::set_tx_stamping(self.sockets[sock].fd(), true).is_ok();
             for i in start..end {
                 let (slot, sock) = self.pending[i];
                 self.push_send(slot, sock)?;
@@ -490,21 +496,27 @@ impl<'a> UringWorker<'a> {
                 let slot = self.pending[i].0 as usize;
                 worker.stamp_transmit(&mut self.slots.reply[slot], t0, position);
             }
-            if let Some(p) = probe {
-                let (slot, sock) = self.pending[start + p.position()];
-                let keys = &mut self.state[sock as usize].keys;
-                let key = keys.next();
-                keys.sent();
+            if probe {
+                let keys = &mut self.state[sock].keys;
+                let first = keys.next();
+                let len = (end - start).min(SEND_CHUNK);
+                keys.sent(len);
+                let mut slots = [None; SEND_CHUNK];
+                for (k, p) in self.pending[start..start + len].iter().enumerate() {
+                    slots[k] = Some(p.0);
+                }
                 self.tx_sample = Some(TxSample {
-                    probe: p,
                     t0,
-                    sock: sock as usize,
-                    key,
+                    sock,
+                    len,
+                    first,
+                    stamping: true,
+                    slots,
                 });
-                self.probe_send = Some((slot, sock as usize));
             }
             if end < sends {
                 submit(&mut self.ring)?;
+                self.stop_tx_stamping();
             }
             start = end;
         }
@@ -532,29 +544,36 @@ impl<'a> UringWorker<'a> {
         push(&mut self.ring, &entry.user_data(TAG_SEND | slot as u64))
     }
 
-    /// Makes the reply in send slot `s` ask for its kernel transmit
-    /// timestamp (which needs a message header, so it goes as SendMsg).
-    fn request_tx_timestamp(&mut self, s: usize) {
-        let control = &mut self.slots.control[s].0;
-        let hdr = &mut self.slots.hdr[s];
-        // msg_controllen is size_t on glibc but socklen_t on musl.
-        #[allow(clippy::unnecessary_cast)]
-        let len = cmsg::append_tx_timestamp_request(control, hdr.msg_controllen as usize);
-        hdr.msg_control = control.as_mut_ptr().cast();
-        hdr.msg_controllen = len as _;
-    }
-
-    /// Once the probed reply has gone out, learns from its kernel transmit
-    /// timestamp (matched by its number, so a late stamp of an earlier
-    /// probe is never taken for it).
-    fn take_tx_sample(&mut self, worker: &mut Worker) {
-        if let Some(s) = self.tx_sample.take() {
-            let fd = self.sockets[s.sock].fd();
-            let keys = &mut self.state[s.sock].keys;
-            if let Some(departed) = socket::take_probe_timestamp(fd, keys, Some(s.key)) {
-                worker.observe_departure(s.probe, s.t0, departed, SendProbe::IO_URING);
+    /// Switches the transmit stamps of the probed chunk's socket off again,
+    /// once its sends were submitted.
+    fn stop_tx_stamping(&mut self) {
+        if let Some(s) = &mut self.tx_sample {
+            if std::mem::take(&mut s.stamping) {
+                let _ = socket::set_tx_stamping(self.sockets[s.sock].fd(), false);
             }
         }
+    }
+
+    /// Once the probed chunk has gone out (with the wait just made), learns
+    /// from its kernel transmit timestamps (matched by number, so a late
+    /// stamp of an earlier chunk is never taken for one of its own).
+    fn take_tx_sample(&mut self, worker: &mut Worker) {
+        self.stop_tx_stamping();
+        let Some(s) = self.tx_sample else {
+            return;
+        };
+        let mut departed = [None; SEND_CHUNK];
+        let departed = &mut departed[..s.len];
+        let fd = self.sockets[s.sock].fd();
+        socket::take_probe_timestamps(fd, &mut self.state[s.sock].keys, s.first, departed);
+        worker.observe_departures(s.t0, departed);
+        // Its send completions may still be due: keep it (stamps read)
+        // until they are in.
+        self.tx_sample = s
+            .slots
+            .iter()
+            .any(Option::is_some)
+            .then_some(TxSample { len: 0, ..s });
     }
 
     /// Submits queued entries and waits for completions (or the idle
@@ -644,12 +663,15 @@ impl<'a> UringWorker<'a> {
         if result < 0 {
             worker.note_send_failures(1, -result);
         }
-        if let Some((probe_slot, sock)) = self.probe_send {
-            if probe_slot == slot {
-                self.probe_send = None;
+        if let Some(s) = &mut self.tx_sample {
+            if let Some(pending) = s.slots.iter_mut().find(|p| **p == Some(slot)) {
+                *pending = None;
                 if result < 0 {
                     // It never left: its number was not used.
-                    self.state[sock].keys.unsent();
+                    self.state[s.sock].keys.unsent();
+                }
+                if s.len == 0 && s.slots.iter().all(Option::is_none) {
+                    self.tx_sample = None;
                 }
             }
         }

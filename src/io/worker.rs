@@ -6,7 +6,6 @@
 //! bound says so. Backends only move bytes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::warn;
 
@@ -14,7 +13,7 @@ use super::counters::{Counters, SharedCounters};
 use super::errors::RateLimitedLog;
 use super::queue::QueueBound;
 use super::socket::{self, ListenSocket};
-use super::txtime::{ChunkLength, Probe, TxSchedule};
+use super::txtime::{ChunkLength, TxSchedule};
 use crate::clock;
 use crate::proto::{self, DropReason, ServerState, UnixTime, Verdict, HEADER_LEN};
 use crate::snapshot;
@@ -223,30 +222,23 @@ impl Worker {
         proto::restamp_transmit(reply, &self.state, departure);
     }
 
-    /// Which reply of a chunk of `len` replies should ask for its kernel
-    /// transmit timestamp, if one should (a few times a second, when kernel
-    /// timestamps are on).
-    pub fn tx_probe_due(&mut self, len: usize) -> Option<Probe> {
-        if len == 0 || !self.expect_stamps || self.last_t0 < self.next_tx_sample {
-            return None;
+    /// Whether the next chunk should be probed: sent with kernel transmit
+    /// timestamps on, to learn when replies leave (a few times a second,
+    /// when kernel timestamps are on).
+    pub fn tx_probe_due(&mut self) -> bool {
+        if !self.expect_stamps || self.last_t0 < self.next_tx_sample {
+            return false;
         }
         let t = self.last_t0;
         self.next_tx_sample =
             UnixTime::new(t.secs, t.nanos.saturating_add(TX_SAMPLE_INTERVAL_NANOS));
-        Some(self.tx_schedule.next_probe(len))
+        true
     }
 
-    /// Learns from `probe`, the reply of a chunk stamped at `t0` that left
-    /// at `departed`; `probe_cost` is what asking for the timestamp cost it
-    /// (see [`SendProbe`](super::txtime::SendProbe)).
-    pub fn observe_departure(
-        &mut self,
-        probe: Probe,
-        t0: UnixTime,
-        departed: UnixTime,
-        probe_cost: Duration,
-    ) {
-        self.tx_schedule.observe(probe, t0, departed, probe_cost);
+    /// Learns from a probed chunk stamped at `t0`: `departed[k]` is when its
+    /// k-th reply left (kernel transmit timestamp), where one came back.
+    pub fn observe_departures(&mut self, t0: UnixTime, departed: &[Option<UnixTime>]) {
+        self.tx_schedule.observe(t0, departed);
     }
 
     /// A multishot receive ended and is being re-armed.
