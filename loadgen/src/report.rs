@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::args::JunkPlan;
 use crate::flood::FloodResult;
 use crate::kernel::UdpCounters;
-use crate::stats::{Counters, Histograms, Percentiles};
+use crate::stats::{Counters, Histograms, Percentiles, Timeline};
 use crate::sweep::{Phase, StepOutcome, StopReason};
 use crate::validate::Invalid;
 
@@ -110,6 +110,11 @@ pub struct ConfigReport {
     pub junk_rate: Option<f64>,
     /// `--junk-sockets`.
     pub junk_sockets: Option<usize>,
+    /// Junk send time per run or step, seconds (`--junk-duration`, else
+    /// `--duration`).
+    pub junk_duration_s: Option<f64>,
+    /// `--timeline` interval, seconds.
+    pub timeline_interval_s: Option<f64>,
     /// Core of the junk flood's thread (`null`: not pinned).
     pub junk_core: Option<usize>,
 }
@@ -299,10 +304,60 @@ pub struct StepReport {
     pub rtt_us: Percentiles,
     /// Server residence T3−T2, µs.
     pub residence_us: Percentiles,
+    /// The client's wait for the reply T4−T1 (δ + residence: what a
+    /// client experiences, queueing at the server included), µs.
+    pub wait_us: Percentiles,
     /// Cross-check with the kernel (`null` if /proc/net/snmp is unreadable).
     pub kernel: Option<KernelCheck>,
     /// The junk flood during this step (`null` without `--junk`).
     pub junk: Option<JunkReport>,
+    /// Requests sent and validly answered per interval of send time
+    /// (`null` without `--timeline`).
+    pub timeline: Option<TimelineReport>,
+}
+
+/// `--timeline`: the step cut into intervals of send time.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineReport {
+    /// Interval width, seconds.
+    pub interval_s: f64,
+    /// Requests sent in each interval (the last also holds what was sent
+    /// after the step's end, catching up).
+    pub sent: Vec<u64>,
+    /// Of those, requests that got a valid reply.
+    pub valid: Vec<u64>,
+    /// valid / sent per interval, percent (`null` where nothing was sent).
+    pub valid_pct: Vec<Option<f64>>,
+}
+
+impl TimelineReport {
+    fn of(t: &Timeline) -> TimelineReport {
+        TimelineReport {
+            interval_s: t.interval_ns as f64 * 1e-9,
+            sent: t.sent.clone(),
+            valid: t.valid.clone(),
+            valid_pct: t
+                .sent
+                .iter()
+                .zip(&t.valid)
+                .map(|(&s, &v)| (s > 0).then(|| pct(v, s)))
+                .collect(),
+        }
+    }
+
+    /// The table's line.
+    fn render(&self) -> String {
+        let cells: Vec<String> = self
+            .valid_pct
+            .iter()
+            .map(|p| p.map_or("-".to_owned(), |p| format!("{p:.1}")))
+            .collect();
+        format!(
+            "timeline       valid % per {} s of send time: {}\n",
+            self.interval_s,
+            cells.join(" ")
+        )
+    }
 }
 
 /// What the junk flood of `--junk` did.
@@ -476,6 +531,8 @@ pub struct StepInput<'a> {
     pub local_target: bool,
     /// The junk flood's result and plan, with `--junk`.
     pub junk: Option<(&'a FloodResult, &'a JunkPlan)>,
+    /// The merged timeline, with `--timeline`.
+    pub timeline: Option<&'a Timeline>,
 }
 
 impl StepReport {
@@ -561,8 +618,10 @@ impl StepReport {
             theta_us: Percentiles::of(&i.hist.theta),
             rtt_us: Percentiles::of(&i.hist.rtt),
             residence_us: Percentiles::of(&i.hist.residence),
+            wait_us: Percentiles::of(&i.hist.wait),
             kernel,
             junk: i.junk.map(|(r, plan)| JunkReport::build(r, plan)),
+            timeline: i.timeline.map(TimelineReport::of),
         }
     }
 }
@@ -673,9 +732,10 @@ impl RunReport {
         if let (Some(classes), Some(junk_rate)) = (&c.junk_classes, c.junk_rate) {
             let _ = writeln!(
                 s,
-                "junk flood: {} at {}/s in total from {} sockets on its own thread ({}); replies to it are counted",
+                "junk flood: {} at {}/s in total for {} s from {} sockets on its own thread ({}); replies to it are counted",
                 classes.join(","),
                 rate(junk_rate),
+                c.junk_duration_s.unwrap_or(c.duration_s),
                 c.junk_sockets.unwrap_or(0),
                 c.junk_core.map_or("unpinned".to_owned(), |n| format!("core {n}")),
             );
@@ -939,6 +999,7 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
         ("offset θ", &st.theta_us),
         ("round trip δ", &st.rtt_us),
         ("server T3−T2", &st.residence_us),
+        ("reply wait T4−T1", &st.wait_us),
     ] {
         let _ = writeln!(
             s,
@@ -1014,6 +1075,9 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
     }
     if let Some(j) = &st.junk {
         s.push_str(&j.render());
+    }
+    if let Some(t) = &st.timeline {
+        s.push_str(&t.render());
     }
     let _ = writeln!(s, "\nresult: {}", verdict(st));
     if let Some(warning) = st.junk.as_ref().and_then(JunkReport::verdict) {
@@ -1188,6 +1252,7 @@ mod tests {
             gso: false,
             local_target: true,
             junk: None,
+            timeline: None,
         };
         let st = StepReport::build(&input);
         let r = st.requests;
