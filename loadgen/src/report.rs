@@ -563,7 +563,9 @@ impl StepReport {
             invalid_pct: pct(invalid, c.sent),
             kod_pct: pct(kod, c.sent),
         };
-        let kernel = i.kernel.map(|d| kernel_check(d, c, i.local_target, i.gso));
+        let kernel = i
+            .kernel
+            .map(|d| kernel_check(d, c, i.local_target, i.gso, i.junk.map(|(r, _)| r)));
         StepReport {
             step: i.step,
             phase: i.phase,
@@ -634,13 +636,22 @@ fn pct_f(part: f64, whole: f64) -> f64 {
     }
 }
 
-fn kernel_check(d: UdpCounters, c: &Counters, local: bool, gso: bool) -> KernelCheck {
-    let replies = c.received + c.own_drops;
+fn kernel_check(
+    d: UdpCounters,
+    c: &Counters,
+    local: bool,
+    gso: bool,
+    junk: Option<&FloodResult>,
+) -> KernelCheck {
+    // Replies to junk are counted as they come back, like our replies.
+    let junk_replies = junk.map_or(0, |j| j.replies);
+    let replies = c.received + c.own_drops + junk_replies;
     // OutDatagrams counts a UDP GSO send once, however many datagrams it
     // carries; InDatagrams counts each datagram.
-    let out_sent = if gso { c.send_calls } else { c.sent };
+    let out_sent = if gso { c.send_calls } else { c.sent } + junk.map_or(0, |j| j.messages);
+    let sent = c.sent + junk.map_or(0, |j| j.sent);
     let (expected_out, expected_in) = if local {
-        (out_sent + replies, c.sent + replies)
+        (out_sent + replies, sent + replies)
     } else {
         (out_sent, replies)
     };
@@ -1058,9 +1069,14 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
         } else {
             "requests sent"
         };
+        let junk = if st.junk.is_some() {
+            " + junk messages (a GSO message counts once)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "  (ours: out = {sends}{}; in = {})",
+            "  (ours: out = {sends}{junk}{}; in = {}{})",
             if local_target {
                 " + replies read + replies dropped at our sockets"
             } else {
@@ -1070,6 +1086,11 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
                 "requests sent + replies read + replies dropped at our sockets"
             } else {
                 "replies read + replies dropped at our sockets"
+            },
+            if st.junk.is_some() && local_target {
+                " + junk sent"
+            } else {
+                ""
             }
         );
     }
