@@ -1,9 +1,12 @@
 """Helpers shared by the benchmark scripts in bench/: starting the servers
-under test on loopback (each pinned to core 0 and stopped by its PID),
-waiting for a quiet host, and running ntp-loadgen (pinned to core 1)."""
+under test on loopback (each pinned to core 0 and stopped by its PID; any
+fastntpd binary, e.g. an older build to compare against), waiting for a
+quiet host, running ntp-loadgen (pinned to core 1), and reading fastntpd's
+own counters from its log."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,9 +44,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def answers(port, timeout=10.0):
+def answers(port, timeout=10.0, accept_unsynchronized=False):
     """True once something on 127.0.0.1:port answers an NTP request with a
-    synchronized mode-4 reply."""
+    synchronized mode-4 reply (or, with accept_unsynchronized, any mode-4
+    reply: ntpd-rs without a source answers LI 3)."""
     req = bytearray(48)
     req[0] = 0x23
     req[40:48] = struct.pack("!Q", 0x123456789ABCDEF0)
@@ -54,7 +58,9 @@ def answers(port, timeout=10.0):
             try:
                 s.sendto(req, ("127.0.0.1", port))
                 data, _ = s.recvfrom(512)
-                if len(data) >= 48 and data[0] & 7 == 4 and data[1] != 0:
+                if len(data) >= 48 and data[0] & 7 == 4 and (
+                    accept_unsynchronized or data[1] != 0
+                ):
                     return True
             except OSError:
                 time.sleep(0.05)
@@ -68,17 +74,20 @@ def which(name):
 
 
 class Server:
-    """A server process we started (stopped by PID)."""
+    """A server process we started (stopped by PID). `loadgen_args` are
+    extra ntp-loadgen options every measurement of it needs."""
 
-    def __init__(self, name, argv, port, tmp, note=""):
+    def __init__(self, name, argv, port, tmp, note="", loadgen_args=()):
         self.name, self.port, self.note = name, port, note
-        self.log = open(os.path.join(tmp, f"{name}.log"), "w")
+        self.loadgen_args = list(loadgen_args)
+        self.log_path = os.path.join(tmp, f"{name}.log")
+        self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT
         )
-        if not answers(port):
+        if not answers(port, accept_unsynchronized="--accept-unsynchronized" in self.loadgen_args):
             self.stop()
-            raise RuntimeError(f"{name} did not answer on 127.0.0.1:{port}")
+            raise RuntimeError(f"{name} did not answer on 127.0.0.1:{port}; see {self.log_path}")
 
     def stop(self):
         if self.proc.poll() is None:
@@ -104,21 +113,37 @@ def start_reflector(tmp, cargo_target):
     ), None
 
 
-def start_fastntpd(tmp, cargo_target, io="io-uring", name="fastntpd"):
-    exe = os.path.join(cargo_target, "release", "fastntpd")
+def fastntpd_exe(cargo_target, exe=None):
+    """The fastntpd binary to measure: `exe` if given (any build, e.g. an
+    older one), else this repository's release build."""
+    path = exe or os.path.join(cargo_target, "release", "fastntpd")
+    if not os.access(path, os.X_OK):
+        raise SystemExit(f"no fastntpd binary at {path}")
+    return path
+
+
+def start_fastntpd(tmp, cargo_target, io="io-uring", name="fastntpd", exe=None, workers=1,
+                   cores=SERVER_CORE):
+    """fastntpd serving the local clock at stratum 10 on a free loopback
+    port, restricted to `cores` (taskset list; its workers pin themselves
+    to those cores in turn), or to none with cores=None."""
+    exe = fastntpd_exe(cargo_target, exe)
     port = free_port()
     conf = os.path.join(tmp, f"{name}.toml")
     with open(conf, "w") as f:
         f.write(
-            f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\nio = "{io}"\n\n'
+            f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = {workers}\nio = "{io}"\n\n'
             "[clock]\nlocal-stratum = 10\n"
         )
-    argv = ["taskset", "-c", SERVER_CORE, exe, "--config", conf]
-    return Server(name, argv, port, tmp, f"workers = 1, io = {io}"), None
+    pin = ["taskset", "-c", cores] if cores else []
+    argv = pin + [exe, "--config", conf]
+    where = "" if exe == os.path.join(cargo_target, "release", "fastntpd") else f" ({exe})"
+    on = f" on core{'s' if ',' in cores or '-' in cores else ''} {cores}" if cores else ""
+    return Server(name, argv, port, tmp, f"workers = {workers}, io = {io}{on}{where}"), None
 
 
-def start_fastntpd_mmsg(tmp, cargo_target):
-    return start_fastntpd(tmp, cargo_target, io="mmsg", name="fastntpd-mmsg")
+def start_fastntpd_mmsg(tmp, cargo_target, exe=None):
+    return start_fastntpd(tmp, cargo_target, io="mmsg", name="fastntpd-mmsg", exe=exe)
 
 
 def start_chronyd(tmp, cargo_target):
@@ -145,10 +170,20 @@ def start_chronyd(tmp, cargo_target):
     return Server("chronyd", argv, port, tmp, f"{version}; -x, no ratelimit, noclientlog"), None
 
 
-def start_ntpd_rs(tmp, cargo_target):
-    exe = which("ntp-daemon")
+def ntpd_rs_exe(exe=None):
+    """ntpd-rs's ntp-daemon: `exe`, $NTPD_RS, PATH, or ~/.cargo/bin."""
+    for path in (exe, os.environ.get("NTPD_RS"), which("ntp-daemon"),
+                 os.path.expanduser("~/.cargo/bin/ntp-daemon")):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def start_ntpd_rs(tmp, cargo_target, exe=None):
+    exe = ntpd_rs_exe(exe)
     if not exe:
-        return None, "skipped: ntpd-rs (ntp-daemon) is not installed (cargo install ntpd)"
+        return None, ("skipped: ntpd-rs (ntp-daemon) not found: cargo install ntpd --root DIR, "
+                      "then --ntpd-rs DIR/bin/ntp-daemon (or NTPD_RS=…)")
     port = free_port()
     conf = os.path.join(tmp, "ntpd-rs.toml")
     with open(conf, "w") as f:
@@ -157,8 +192,15 @@ def start_ntpd_rs(tmp, cargo_target):
             f"[[server]]\nlisten = \"127.0.0.1:{port}\"\n\n"
             "[synchronization]\nlocal-stratum = 10\n"
         )
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    version = (out.stdout + out.stderr).split()
     argv = ["taskset", "-c", SERVER_CORE, exe, "-c", conf]
-    return Server("ntpd-rs", argv, port, tmp, "no [[source]]: never touches the clock"), None
+    return Server(
+        "ntpd-rs", argv, port, tmp,
+        f"ntpd-rs {version[-1] if version else '?'}; no [[source]] (never touches the clock), "
+        "so it answers LI 3: measured with --accept-unsynchronized",
+        loadgen_args=["--accept-unsynchronized"],
+    ), None
 
 
 STARTERS = {
@@ -180,18 +222,45 @@ def wait_quiet(limit_s):
             return b
 
 
-def loadgen(cargo_target, port, args, tmp, tag, quiet_wait=0):
+def loadgen(cargo_target, port, args, tmp, tag, quiet_wait=0, allow_no_valid=False):
+    """Runs ntp-loadgen on LOADGEN_CORE and returns (its JSON, its table).
+    It exits 1 when not one valid reply came; with allow_no_valid that is
+    a result (e.g. a flood took the server down), not a failure."""
     busy = wait_quiet(quiet_wait)
     out = os.path.join(tmp, f"{tag}.json")
+    if os.path.exists(out):
+        os.remove(out)
     argv = [
         "taskset", "-c", LOADGEN_CORE,
         os.path.join(cargo_target, "release", "ntp-loadgen"),
         f"127.0.0.1:{port}", "--no-progress", "--json", out,
     ] + args
     r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
+    no_valid = r.returncode == 1 and "no valid reply" in r.stderr and os.path.exists(out)
+    if r.returncode != 0 and not (allow_no_valid and no_valid):
         raise RuntimeError(f"ntp-loadgen failed ({r.returncode}): {r.stderr}\n{r.stdout}")
     with open(out) as f:
         j = json.load(f)
     j["busy_before_pct"] = busy
     return j, r.stdout
+
+
+def worker_counters(log_path):
+    """fastntpd's own totals from the `worker N (…): received …` lines it
+    logs when it stops: {"received", "replied", "dropped", "kernel drops",
+    "re-arms", …} summed over workers, and "drop reasons" {reason: n}."""
+    totals = {"drop reasons": {}}
+    with open(log_path) as f:
+        for line in f:
+            if "worker " not in line or "received " not in line or "): " not in line:
+                continue
+            body = line.split("): ", 1)[1]
+            reasons = re.search(r"\(([^)]*)\)", body)
+            if reasons:
+                for key, value in re.findall(r"([a-z_]+)=(\d+)", reasons.group(1)):
+                    totals["drop reasons"][key] = totals["drop reasons"].get(key, 0) + int(value)
+                body = body.replace(" " + reasons.group(0), "")
+            for key, value in re.findall(r"([a-z -]+?) (\d+)(?:,|$)", body.strip()):
+                key = key.strip()
+                totals[key] = totals.get(key, 0) + int(value)
+    return totals

@@ -16,6 +16,8 @@ use crate::matching;
 pub const NTP_PORT: u16 = 123;
 /// Highest offered rate accepted (requests per second).
 pub const MAX_RATE: f64 = 100e6;
+/// Most `--timeline` intervals per run or step.
+pub const MAX_TIMELINE_BUCKETS: usize = 100_000;
 
 /// Load-test an NTP server: open-loop requests at a fixed rate (or a sweep
 /// of rates), every reply matched and validated, kernel timestamps on both
@@ -148,6 +150,16 @@ pub struct Cli {
     #[arg(long, value_name = "J", value_parser = parse_rate, requires = "junk")]
     pub junk_rate: Option<f64>,
 
+    /// Send junk only during the first S of each run or step (default: all
+    /// of --duration), e.g. to see the service come back after a flood.
+    #[arg(long, value_name = "S", value_parser = parse_duration, requires = "junk")]
+    pub junk_duration: Option<Duration>,
+
+    /// Also count requests sent and validly answered per interval of S of
+    /// send time (e.g. 0.5): the report and JSON get a timeline.
+    #[arg(long, value_name = "S", value_parser = parse_interval)]
+    pub timeline: Option<Duration>,
+
     /// Sockets the junk is sent from (more spread it wider over a server's
     /// SO_REUSEPORT sockets).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024), requires = "junk")]
@@ -171,6 +183,8 @@ pub struct JunkPlan {
     pub rate: f64,
     /// Sockets to send from.
     pub sockets: usize,
+    /// How long to send junk in each run or step (at most `--duration`).
+    pub duration: Duration,
 }
 
 /// What to run.
@@ -239,6 +253,8 @@ pub struct Plan {
     pub accept_unsynchronized: bool,
     /// The junk flood, if any.
     pub junk: Option<JunkPlan>,
+    /// `--timeline` interval.
+    pub timeline: Option<Duration>,
 }
 
 impl Plan {
@@ -301,11 +317,27 @@ impl Plan {
             }
             Mode::Fixed { rate: cli.rate }
         };
+        if let Some(d) = cli.junk_duration.filter(|d| *d > cli.duration) {
+            return Err(ArgError::JunkLongerThanRun {
+                junk_s: d.as_secs_f64(),
+                run_s: cli.duration.as_secs_f64(),
+            });
+        }
+        if let Some(t) = cli.timeline {
+            let buckets = cli.duration.as_secs_f64() / t.as_secs_f64();
+            if buckets > MAX_TIMELINE_BUCKETS as f64 {
+                return Err(ArgError::TimelineTooFine {
+                    interval_s: t.as_secs_f64(),
+                    max: MAX_TIMELINE_BUCKETS,
+                });
+            }
+        }
         let junk = match (cli.junk, cli.junk_rate) {
             (Some(JunkClasses(classes)), Some(rate)) => Some(JunkPlan {
                 classes,
                 rate,
                 sockets: cli.junk_sockets as usize,
+                duration: cli.junk_duration.unwrap_or(cli.duration),
             }),
             _ => None,
         };
@@ -328,6 +360,7 @@ impl Plan {
             progress: !cli.no_progress,
             accept_unsynchronized: cli.accept_unsynchronized,
             junk,
+            timeline: cli.timeline,
         };
         let per_thread = plan.peak_rate() / threads as f64;
         let needed = matching::slots_needed(per_thread, plan.timeout, plan.max_batch);
@@ -536,6 +569,14 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
 /// Parses a duration: seconds, or a number with ms, s or m.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     parse_secs(text, 86_400.0)
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_secs(text, 3600.0)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("`{text}`: the interval must be at least 10 ms"));
+    }
+    Ok(d)
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -760,7 +801,54 @@ mod tests {
                 classes: vec![JunkClass::Empty, JunkClass::Mode(6)],
                 rate: 150_000.0,
                 sockets: 16,
+                duration: Duration::from_secs(5),
             })
+        );
+        let short = Plan::from_cli(
+            cli(&[
+                "127.0.0.1",
+                "--junk",
+                "empty",
+                "--junk-rate",
+                "1k",
+                "--duration",
+                "4",
+                "--junk-duration",
+                "2.5",
+                "--timeline",
+                "0.5",
+            ])
+            .unwrap(),
+            &cores,
+        )
+        .unwrap();
+        assert_eq!(short.junk.unwrap().duration, Duration::from_millis(2500));
+        assert_eq!(short.timeline, Some(Duration::from_millis(500)));
+        let long = Plan::from_cli(
+            cli(&[
+                "127.0.0.1",
+                "--junk",
+                "empty",
+                "--junk-rate",
+                "1k",
+                "--duration",
+                "2",
+                "--junk-duration",
+                "3",
+            ])
+            .unwrap(),
+            &cores,
+        );
+        assert!(matches!(long, Err(ArgError::JunkLongerThanRun { .. })));
+        let fine = Plan::from_cli(
+            cli(&["127.0.0.1", "--duration", "2000", "--timeline", "0.01"]).unwrap(),
+            &cores,
+        );
+        assert!(matches!(fine, Err(ArgError::TimelineTooFine { .. })));
+        assert!(cli(&["127.0.0.1", "--timeline", "5ms"]).is_err());
+        assert!(
+            cli(&["127.0.0.1", "--junk-duration", "1"]).is_err(),
+            "needs --junk"
         );
         let all = Plan::from_cli(
             cli(&[

@@ -26,8 +26,8 @@ use crate::pacing::Schedule;
 use crate::poller::Poller;
 use crate::rng::Rng;
 use crate::signals::Interrupt;
-use crate::stats::{Counters, Histograms};
-use crate::validate::{judge, Verdict};
+use crate::stats::{Counters, Histograms, Timeline};
+use crate::validate::{judge, Sample, Verdict};
 
 /// Datagrams per `recvmmsg`.
 const RECV_BATCH: usize = 64;
@@ -71,6 +71,9 @@ pub struct EngineConfig {
     pub gso: bool,
     /// Count unsynchronized but otherwise valid replies as valid.
     pub accept_unsynchronized: bool,
+    /// `--timeline`: count sends and valid replies per interval of this
+    /// width.
+    pub timeline: Option<Duration>,
     /// Spin through short gaps between batches for precise send times;
     /// off when another busy thread of ours (the junk flood) shares the
     /// core, which spinning would starve.
@@ -99,6 +102,8 @@ pub struct ThreadResult {
     pub send_window: Duration,
     /// Sending stopped early on Ctrl-C.
     pub interrupted: bool,
+    /// Sends and valid replies per interval (with `--timeline`).
+    pub timeline: Option<Timeline>,
 }
 
 /// Counters a thread publishes while running, for the progress bar.
@@ -126,6 +131,7 @@ struct Book {
     table: SlotTable,
     c: Counters,
     h: Histograms,
+    timeline: Option<Timeline>,
     version: u8,
     timeout_ns: i64,
     late_limit_ns: i64,
@@ -150,6 +156,7 @@ pub struct Engine {
     max_batch: usize,
     gso: bool,
     spin: bool,
+    timeline_ns: Option<u64>,
     book: Book,
     live: Arc<Live>,
 }
@@ -225,10 +232,14 @@ impl Engine {
             max_batch,
             gso: cfg.gso,
             spin: cfg.spin,
+            timeline_ns: cfg
+                .timeline
+                .map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
             book: Book {
                 table: SlotTable::new(cfg.table_slots),
                 c: Counters::default(),
                 h: Histograms::default(),
+                timeline: None,
                 version: cfg.version,
                 timeout_ns,
                 late_limit_ns: 2 * timeout_ns,
@@ -256,6 +267,14 @@ impl Engine {
     pub fn run_step(&mut self, cmd: &StepCmd, interrupt: &Interrupt) -> ThreadResult {
         self.book.c = Counters::default();
         self.book.h.reset();
+        self.book.timeline = self.timeline_ns.map(|interval| {
+            // The step's start on the clock T1 is read from.
+            let (now_i, now_u) = (Instant::now(), unix_ns(clock::now()));
+            let ahead = cmd.start.saturating_duration_since(now_i).as_nanos() as i64;
+            let behind = now_i.saturating_duration_since(cmd.start).as_nanos() as i64;
+            let duration_ns = cmd.duration.as_nanos().min(u64::MAX as u128) as u64;
+            Timeline::new(interval, now_u + ahead - behind, duration_ns)
+        });
         self.live.sent.store(0, Ordering::Relaxed);
         self.live.valid.store(0, Ordering::Relaxed);
         for c in &mut self.clients {
@@ -340,6 +359,7 @@ impl Engine {
             hist: self.book.h.clone(),
             send_window,
             interrupted,
+            timeline: self.book.timeline.take(),
         }
     }
 
@@ -370,6 +390,7 @@ impl Engine {
                 cmd.duration
             },
             interrupted,
+            timeline: self.book.timeline.take(),
         }
     }
 
@@ -444,6 +465,9 @@ impl Engine {
         self.seq += sent as u64;
         self.clients[s].next_tskey = key0.wrapping_add(sent as u32);
         book.c.sent += sent as u64;
+        if let Some(t) = &mut book.timeline {
+            t.sent_at(t1, sent as u64);
+        }
         match result {
             Ok(0) => {
                 book.c.send_would_block += 1;
@@ -561,6 +585,20 @@ impl Engine {
 }
 
 impl Book {
+    /// Counts a valid reply (`unsynchronized`: accepted as such) to a
+    /// request sent at `t1_ns`.
+    #[inline]
+    fn valid(&mut self, sample: &Sample, t1_ns: i64, unsynchronized: bool) {
+        let c = &mut self.c;
+        c.valid += 1;
+        c.valid_unsynchronized += unsynchronized as u64;
+        c.negative_rtt += (sample.rtt_ns < 0) as u64;
+        self.h.record(sample);
+        if let Some(t) = &mut self.timeline {
+            t.valid_at(t1_ns);
+        }
+    }
+
     /// Accounts for datagram `i` of `batch`, read from socket `s`. Returns
     /// the socket's drop count if the kernel reported one.
     #[inline]
@@ -637,17 +675,8 @@ impl Book {
             NtpTimestamp::from_unix(t4),
             self.accept_unsynchronized,
         ) {
-            Verdict::Valid(sample) => {
-                c.valid += 1;
-                c.negative_rtt += (sample.rtt_ns < 0) as u64;
-                self.h.record(&sample);
-            }
-            Verdict::Unsynchronized(sample) => {
-                c.valid += 1;
-                c.valid_unsynchronized += 1;
-                c.negative_rtt += (sample.rtt_ns < 0) as u64;
-                self.h.record(&sample);
-            }
+            Verdict::Valid(sample) => self.valid(&sample, slot.t1_ns, false),
+            Verdict::Unsynchronized(sample) => self.valid(&sample, slot.t1_ns, true),
             Verdict::Kod(code) => c.kod.add(code),
             Verdict::Invalid(why) => c.invalid[why.index()] += 1,
         }
@@ -734,6 +763,7 @@ mod tests {
             table_slots: 1 << 12,
             gso: info.gso,
             accept_unsynchronized: false,
+            timeline: None,
             spin: true,
         };
         Engine::new(&cfg, sockets, Arc::new(Live::default())).unwrap()

@@ -74,6 +74,22 @@ pub enum ArgError {
     /// `--rate 0` without `--junk`: nothing would be sent.
     #[error("the rate must be more than 0 requests per second (--rate 0 only with --junk, for a flood without measured requests)")]
     NothingToSend,
+    /// `--junk-duration` longer than `--duration`.
+    #[error("--junk-duration {junk_s} s is longer than --duration {run_s} s")]
+    JunkLongerThanRun {
+        /// Junk duration, seconds.
+        junk_s: f64,
+        /// Run duration, seconds.
+        run_s: f64,
+    },
+    /// `--timeline` so fine that a run would have too many intervals.
+    #[error("--timeline {interval_s} s makes more than {max} intervals per run; choose a longer interval")]
+    TimelineTooFine {
+        /// The interval, seconds.
+        interval_s: f64,
+        /// The limit.
+        max: usize,
+    },
     /// `--start-rate` above `--max-rate`.
     #[error("--start-rate {start} is above --max-rate {max}")]
     StartAboveMax {

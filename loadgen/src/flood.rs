@@ -110,6 +110,9 @@ pub struct FloodResult {
     pub scheduled: u64,
     /// Send calls that sent something.
     pub calls: u64,
+    /// Messages the kernel accepted (a GSO message carries several
+    /// datagrams; the kernel's OutDatagrams counts it once).
+    pub messages: u64,
     /// Send calls that found the socket buffer full.
     pub buffer_full: u64,
     /// ICMP errors reported on the junk sockets (nothing listening at the
@@ -146,6 +149,7 @@ impl FloodResult {
         }
         self.scheduled += o.scheduled;
         self.calls += o.calls;
+        self.messages += o.messages;
         self.buffer_full += o.buffer_full;
         self.refused += o.refused;
         self.send_errors += o.send_errors;
@@ -312,6 +316,7 @@ impl Flood {
             Ok(sent_msgs) => {
                 let sent: usize = self.segs[..sent_msgs].iter().sum();
                 self.r.calls += 1;
+                self.r.messages += sent_msgs as u64;
                 self.r.sent += sent as u64;
                 self.r.sent_by_class[ci] += sent as u64;
                 self.advance();
@@ -527,6 +532,9 @@ mod tests {
             want.extend([47; 30]);
             assert_eq!(lens, want, "gso {gso}");
             assert_eq!(f.r.sent, 137);
+            // Messages: 100 oversize in 3 GSO messages (46 per 64,400 B)
+            // plus 7 + 30; without GSO one per datagram.
+            assert_eq!(f.r.messages, if gso { 3 + 7 + 1 } else { 137 });
             assert_eq!(f.r.sent_by_class, vec![100, 7, 30]);
             // GSO: 100 oversize datagrams in 3 messages (46 per 64,400 B).
             assert_eq!(f.classes[0].per_message, if gso { 46 } else { 1 });

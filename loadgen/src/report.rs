@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::args::JunkPlan;
 use crate::flood::FloodResult;
 use crate::kernel::UdpCounters;
-use crate::stats::{Counters, Histograms, Percentiles};
+use crate::stats::{Counters, Histograms, Percentiles, Timeline};
 use crate::sweep::{Phase, StepOutcome, StopReason};
 use crate::validate::Invalid;
 
@@ -110,6 +110,11 @@ pub struct ConfigReport {
     pub junk_rate: Option<f64>,
     /// `--junk-sockets`.
     pub junk_sockets: Option<usize>,
+    /// Junk send time per run or step, seconds (`--junk-duration`, else
+    /// `--duration`).
+    pub junk_duration_s: Option<f64>,
+    /// `--timeline` interval, seconds.
+    pub timeline_interval_s: Option<f64>,
     /// Core of the junk flood's thread (`null`: not pinned).
     pub junk_core: Option<usize>,
 }
@@ -299,10 +304,60 @@ pub struct StepReport {
     pub rtt_us: Percentiles,
     /// Server residence T3−T2, µs.
     pub residence_us: Percentiles,
+    /// The client's wait for the reply T4−T1 (δ + residence: what a
+    /// client experiences, queueing at the server included), µs.
+    pub wait_us: Percentiles,
     /// Cross-check with the kernel (`null` if /proc/net/snmp is unreadable).
     pub kernel: Option<KernelCheck>,
     /// The junk flood during this step (`null` without `--junk`).
     pub junk: Option<JunkReport>,
+    /// Requests sent and validly answered per interval of send time
+    /// (`null` without `--timeline`).
+    pub timeline: Option<TimelineReport>,
+}
+
+/// `--timeline`: the step cut into intervals of send time.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineReport {
+    /// Interval width, seconds.
+    pub interval_s: f64,
+    /// Requests sent in each interval (the last also holds what was sent
+    /// after the step's end, catching up).
+    pub sent: Vec<u64>,
+    /// Of those, requests that got a valid reply.
+    pub valid: Vec<u64>,
+    /// valid / sent per interval, percent (`null` where nothing was sent).
+    pub valid_pct: Vec<Option<f64>>,
+}
+
+impl TimelineReport {
+    fn of(t: &Timeline) -> TimelineReport {
+        TimelineReport {
+            interval_s: t.interval_ns as f64 * 1e-9,
+            sent: t.sent.clone(),
+            valid: t.valid.clone(),
+            valid_pct: t
+                .sent
+                .iter()
+                .zip(&t.valid)
+                .map(|(&s, &v)| (s > 0).then(|| pct(v, s)))
+                .collect(),
+        }
+    }
+
+    /// The table's line.
+    fn render(&self) -> String {
+        let cells: Vec<String> = self
+            .valid_pct
+            .iter()
+            .map(|p| p.map_or("-".to_owned(), |p| format!("{p:.1}")))
+            .collect();
+        format!(
+            "timeline       valid % per {} s of send time: {}\n",
+            self.interval_s,
+            cells.join(" ")
+        )
+    }
 }
 
 /// What the junk flood of `--junk` did.
@@ -476,6 +531,8 @@ pub struct StepInput<'a> {
     pub local_target: bool,
     /// The junk flood's result and plan, with `--junk`.
     pub junk: Option<(&'a FloodResult, &'a JunkPlan)>,
+    /// The merged timeline, with `--timeline`.
+    pub timeline: Option<&'a Timeline>,
 }
 
 impl StepReport {
@@ -506,7 +563,9 @@ impl StepReport {
             invalid_pct: pct(invalid, c.sent),
             kod_pct: pct(kod, c.sent),
         };
-        let kernel = i.kernel.map(|d| kernel_check(d, c, i.local_target, i.gso));
+        let kernel = i
+            .kernel
+            .map(|d| kernel_check(d, c, i.local_target, i.gso, i.junk.map(|(r, _)| r)));
         StepReport {
             step: i.step,
             phase: i.phase,
@@ -561,8 +620,10 @@ impl StepReport {
             theta_us: Percentiles::of(&i.hist.theta),
             rtt_us: Percentiles::of(&i.hist.rtt),
             residence_us: Percentiles::of(&i.hist.residence),
+            wait_us: Percentiles::of(&i.hist.wait),
             kernel,
             junk: i.junk.map(|(r, plan)| JunkReport::build(r, plan)),
+            timeline: i.timeline.map(TimelineReport::of),
         }
     }
 }
@@ -575,13 +636,22 @@ fn pct_f(part: f64, whole: f64) -> f64 {
     }
 }
 
-fn kernel_check(d: UdpCounters, c: &Counters, local: bool, gso: bool) -> KernelCheck {
-    let replies = c.received + c.own_drops;
+fn kernel_check(
+    d: UdpCounters,
+    c: &Counters,
+    local: bool,
+    gso: bool,
+    junk: Option<&FloodResult>,
+) -> KernelCheck {
+    // Replies to junk are counted as they come back, like our replies.
+    let junk_replies = junk.map_or(0, |j| j.replies);
+    let replies = c.received + c.own_drops + junk_replies;
     // OutDatagrams counts a UDP GSO send once, however many datagrams it
     // carries; InDatagrams counts each datagram.
-    let out_sent = if gso { c.send_calls } else { c.sent };
+    let out_sent = if gso { c.send_calls } else { c.sent } + junk.map_or(0, |j| j.messages);
+    let sent = c.sent + junk.map_or(0, |j| j.sent);
     let (expected_out, expected_in) = if local {
-        (out_sent + replies, c.sent + replies)
+        (out_sent + replies, sent + replies)
     } else {
         (out_sent, replies)
     };
@@ -673,9 +743,10 @@ impl RunReport {
         if let (Some(classes), Some(junk_rate)) = (&c.junk_classes, c.junk_rate) {
             let _ = writeln!(
                 s,
-                "junk flood: {} at {}/s in total from {} sockets on its own thread ({}); replies to it are counted",
+                "junk flood: {} at {}/s in total for {} s from {} sockets on its own thread ({}); replies to it are counted",
                 classes.join(","),
                 rate(junk_rate),
+                c.junk_duration_s.unwrap_or(c.duration_s),
                 c.junk_sockets.unwrap_or(0),
                 c.junk_core.map_or("unpinned".to_owned(), |n| format!("core {n}")),
             );
@@ -939,6 +1010,7 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
         ("offset θ", &st.theta_us),
         ("round trip δ", &st.rtt_us),
         ("server T3−T2", &st.residence_us),
+        ("reply wait T4−T1", &st.wait_us),
     ] {
         let _ = writeln!(
             s,
@@ -997,9 +1069,14 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
         } else {
             "requests sent"
         };
+        let junk = if st.junk.is_some() {
+            " + junk messages (a GSO message counts once)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "  (ours: out = {sends}{}; in = {})",
+            "  (ours: out = {sends}{junk}{}; in = {}{})",
             if local_target {
                 " + replies read + replies dropped at our sockets"
             } else {
@@ -1009,11 +1086,19 @@ pub fn render_step(st: &StepReport, local_target: bool) -> String {
                 "requests sent + replies read + replies dropped at our sockets"
             } else {
                 "replies read + replies dropped at our sockets"
+            },
+            if st.junk.is_some() && local_target {
+                " + junk sent"
+            } else {
+                ""
             }
         );
     }
     if let Some(j) = &st.junk {
         s.push_str(&j.render());
+    }
+    if let Some(t) = &st.timeline {
+        s.push_str(&t.render());
     }
     let _ = writeln!(s, "\nresult: {}", verdict(st));
     if let Some(warning) = st.junk.as_ref().and_then(JunkReport::verdict) {
@@ -1188,6 +1273,7 @@ mod tests {
             gso: false,
             local_target: true,
             junk: None,
+            timeline: None,
         };
         let st = StepReport::build(&input);
         let r = st.requests;

@@ -111,6 +111,7 @@ impl Runner {
             table_slots: matching::slots_needed(per_thread, plan.timeout, plan.max_batch),
             gso: buffers.gso,
             accept_unsynchronized: plan.accept_unsynchronized,
+            timeline: plan.timeline,
             spin: plan.junk.is_none() || !shares_core,
         };
         let (tx, results) = mpsc::channel();
@@ -347,6 +348,8 @@ impl Runner {
                     .map(|j| j.classes.iter().map(|c| c.name()).collect()),
                 junk_rate: p.junk.as_ref().map(|j| j.rate),
                 junk_sockets: p.junk.as_ref().map(|j| j.sockets),
+                junk_duration_s: p.junk.as_ref().map(|j| j.duration.as_secs_f64()),
+                timeline_interval_s: p.timeline.map(|t| t.as_secs_f64()),
                 junk_core: self.flood.as_ref().and_then(|f| f.core),
             },
             t1_source,
@@ -384,7 +387,11 @@ impl Runner {
             f.cmd
                 .send(Some(FloodCmd {
                     rate: junk_rate,
-                    duration: self.plan.duration,
+                    duration: self
+                        .plan
+                        .junk
+                        .as_ref()
+                        .map_or(self.plan.duration, |j| j.duration),
                     start,
                 }))
                 .map_err(|_| RunError::FloodDied)?;
@@ -436,9 +443,16 @@ impl Runner {
         let mut hist = Histograms::default();
         let mut window = Duration::ZERO;
         let mut interrupted = false;
+        let mut timeline: Option<crate::stats::Timeline> = None;
         for r in got.into_iter().flatten() {
             counters.merge(&r.counters);
             hist.merge(&r.hist);
+            if let Some(t) = &r.timeline {
+                match &mut timeline {
+                    Some(all) => all.merge(t),
+                    None => timeline = Some(t.clone()),
+                }
+            }
             window = window.max(r.send_window);
             interrupted |= r.interrupted;
         }
@@ -466,6 +480,7 @@ impl Runner {
             gso: self.buffers.gso,
             local_target: self.local_target,
             junk,
+            timeline: timeline.as_ref(),
         }))
     }
 

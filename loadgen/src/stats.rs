@@ -3,7 +3,9 @@
 //! late, lost; other datagrams are duplicates, unmatched, stale, from a
 //! wrong source or malformed) and HDR histograms of round-trip time,
 //! offset and server residence, in nanoseconds. Recording never allocates:
-//! the histograms have fixed bounds and saturate.
+//! the histograms have fixed bounds and saturate. With `--timeline`, a
+//! [`Timeline`] also counts requests sent and answered validly per interval
+//! of send time (its buckets are allocated once per step).
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -122,6 +124,68 @@ impl Counters {
         self.max_lag_ns = self.max_lag_ns.max(o.max_lag_ns);
         self.cpu_ns += o.cpu_ns;
         self.preempted += o.preempted;
+    }
+}
+
+/// Requests sent and validly answered, by the interval of the step in
+/// which they were sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Timeline {
+    /// Bucket width, nanoseconds.
+    pub interval_ns: u64,
+    /// The step's start, nanoseconds since 1970 (the clock of T1).
+    pub start_ns: i64,
+    /// Requests sent per bucket.
+    pub sent: Vec<u64>,
+    /// Of those, requests that got a valid reply.
+    pub valid: Vec<u64>,
+}
+
+impl Timeline {
+    /// Empty buckets covering `duration_ns` from `start_ns`.
+    pub fn new(interval_ns: u64, start_ns: i64, duration_ns: u64) -> Timeline {
+        let interval_ns = interval_ns.max(1);
+        let n = duration_ns.div_ceil(interval_ns).max(1) as usize;
+        Timeline {
+            interval_ns,
+            start_ns,
+            sent: vec![0; n],
+            valid: vec![0; n],
+        }
+    }
+
+    /// The bucket of a request sent at `t1_ns` (sends after the end count
+    /// in the last bucket, before the start in the first).
+    #[inline]
+    pub fn bucket(&self, t1_ns: i64) -> usize {
+        let offset = t1_ns.saturating_sub(self.start_ns).max(0) as u64;
+        ((offset / self.interval_ns) as usize).min(self.sent.len() - 1)
+    }
+
+    /// Counts `n` requests sent at `t1_ns`.
+    #[inline]
+    pub fn sent_at(&mut self, t1_ns: i64, n: u64) {
+        let b = self.bucket(t1_ns);
+        self.sent[b] += n;
+    }
+
+    /// Counts a valid reply to a request sent at `t1_ns`.
+    #[inline]
+    pub fn valid_at(&mut self, t1_ns: i64) {
+        let b = self.bucket(t1_ns);
+        self.valid[b] += 1;
+    }
+
+    /// Adds another thread's buckets (same step, same width).
+    pub fn merge(&mut self, o: &Timeline) {
+        if self.sent.len() < o.sent.len() {
+            self.sent.resize(o.sent.len(), 0);
+            self.valid.resize(o.valid.len(), 0);
+        }
+        for (i, (s, v)) in o.sent.iter().zip(&o.valid).enumerate() {
+            self.sent[i] += s;
+            self.valid[i] += v;
+        }
     }
 }
 
@@ -259,6 +323,8 @@ pub struct Histograms {
     pub theta: SignedHistogram,
     /// Server residence T3 − T2 (never negative: validation rejects that).
     pub residence: SignedHistogram,
+    /// The client's wait for the reply, T4 − T1.
+    pub wait: SignedHistogram,
 }
 
 impl Histograms {
@@ -268,6 +334,7 @@ impl Histograms {
         self.rtt.record(s.rtt_ns);
         self.theta.record(s.theta_ns);
         self.residence.record(s.residence_ns);
+        self.wait.record(s.wait_ns);
     }
 
     /// Adds another set.
@@ -275,6 +342,7 @@ impl Histograms {
         self.rtt.merge(&o.rtt);
         self.theta.merge(&o.theta);
         self.residence.merge(&o.residence);
+        self.wait.merge(&o.wait);
     }
 
     /// Forgets every value.
@@ -282,6 +350,7 @@ impl Histograms {
         self.rtt.reset();
         self.theta.reset();
         self.residence.reset();
+        self.wait.reset();
     }
 }
 
@@ -393,6 +462,7 @@ mod tests {
             rtt_ns: 10_000,
             theta_ns: -300,
             residence_ns: 2_000,
+            wait_ns: 12_000,
         };
         a.record(&s);
         let mut b = Histograms::default();
@@ -408,6 +478,27 @@ mod tests {
         // Values beyond an hour saturate rather than fail.
         b.rtt.record(i64::MAX);
         assert!(b.rtt.max().unwrap() >= HIST_MAX_NS as i64);
+    }
+
+    #[test]
+    fn timelines_count_by_send_time() {
+        let ms = 1_000_000i64;
+        let mut t = Timeline::new(500 * ms as u64, 10_000 * ms, 2_000 * ms as u64);
+        assert_eq!(t.sent.len(), 4);
+        t.sent_at(10_000 * ms, 3);
+        t.sent_at(10_499 * ms, 1);
+        t.sent_at(11_700 * ms, 2);
+        t.sent_at(12_100 * ms, 5); // the tail, after the end
+        t.sent_at(9_000 * ms, 1); // before the start: the first bucket
+        t.valid_at(10_100 * ms);
+        t.valid_at(11_999 * ms);
+        assert_eq!(t.sent, [5, 0, 0, 7]);
+        assert_eq!(t.valid, [1, 0, 0, 1]);
+        let mut all = Timeline::new(500 * ms as u64, 10_000 * ms, 2_000 * ms as u64);
+        all.merge(&t);
+        all.merge(&t);
+        assert_eq!(all.sent, [10, 0, 0, 14]);
+        assert_eq!(Timeline::new(300_000_000, 0, 1_000_000_000).sent.len(), 4);
     }
 
     #[test]

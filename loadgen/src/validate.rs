@@ -71,6 +71,10 @@ pub struct Sample {
     pub theta_ns: i64,
     /// Server residence time T3 − T2.
     pub residence_ns: i64,
+    /// How long the client waited for the reply, T4 − T1: the round trip
+    /// plus the server's residence (queueing included, when the server's
+    /// T2 is its kernel receive stamp).
+    pub wait_ns: i64,
 }
 
 /// The verdict on a matched reply.
@@ -143,6 +147,7 @@ pub fn judge(
         rtt_ns: units_to_ns(rtt),
         theta_ns: units_to_ns(theta),
         residence_ns: units_to_ns(residence),
+        wait_ns: units_to_ns(t4.diff_units(t1)),
     };
     if unsynchronized {
         Verdict::Unsynchronized(sample)
@@ -261,6 +266,7 @@ mod tests {
         assert!((s.rtt_ns - 8_000).abs() <= 1, "{s:?}");
         assert!((s.theta_ns + 2_000).abs() <= 1, "{s:?}");
         assert!((s.residence_ns - 3_000).abs() <= 1, "{s:?}");
+        assert!((s.wait_ns - 11_000).abs() <= 1, "{s:?}");
     }
 
     #[test]

@@ -169,6 +169,7 @@ fn json_holds_every_table_figure_and_the_plot_has_every_series() {
         ("offset θ", "theta_us"),
         ("round trip δ", "rtt_us"),
         ("server T3−T2", "residence_us"),
+        ("reply wait T4−T1", "wait_us"),
     ] {
         let v = numbers(line(detail, label));
         let p = &best[key];
