@@ -216,19 +216,22 @@ impl Server {
             );
         }
         let discipline = prepared.spawn(publisher, Arc::clone(&stop))?;
+        // What is served, and why, the discipline logs at each change (once);
+        // this line only says what it works with.
         let fallback = match config.clock.local_stratum {
             Some(s) => format!("the local clock at stratum {s}"),
             None => "unsynchronized".to_owned(),
         };
-        match config.upstreams.len() {
-            0 => info!("serving {fallback} (no upstreams); clock precision 2^{precision} s"),
-            n => info!(
-                "serving with {} discipline from {n} upstream entr{} (fallback: {fallback}); \
-                 clock precision 2^{precision} s",
-                config.clock.discipline.name(),
-                if n == 1 { "y" } else { "ies" },
-            ),
-        }
+        let upstreams = match config.upstreams.len() {
+            0 => "no upstreams".to_owned(),
+            1 => "1 upstream entry".to_owned(),
+            n => format!("{n} upstream entries"),
+        };
+        info!(
+            "{} discipline, {upstreams}, without a usable upstream: {fallback}; \
+             clock precision 2^{precision} s",
+            config.clock.discipline.name(),
+        );
         Ok(Server {
             workers,
             discipline,

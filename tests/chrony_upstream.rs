@@ -68,10 +68,17 @@ impl Chronyd {
     }
 }
 
-impl Drop for Chronyd {
-    fn drop(&mut self) {
+impl Chronyd {
+    /// Kills it (SIGKILL to its own PID) and waits for it to end.
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Chronyd {
+    fn drop(&mut self) {
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -133,5 +140,87 @@ fn fastntpd_follows_chronyd_at_stratum_2_and_serves_the_system_time() {
         p50.abs() < 50e-6,
         "served time is {p50} s off the system clock (median)"
     );
+    server.stop();
+}
+
+/// One reply from `server` (a few tries).
+fn served_header(server: SocketAddr) -> Option<Header> {
+    let sock = client_for(server);
+    (0..5u64).find_map(|i| {
+        let reply = exchange(&sock, server, &client_request(4, 0xdead_0000 + i))?;
+        Header::parse(&reply).ok()
+    })
+}
+
+#[test]
+fn a_dead_chronyd_upstream_is_unreachable_and_the_other_keeps_serving() {
+    let (Some(chronyd), Some(capsh)) = (require_tool("chronyd"), require_tool("capsh")) else {
+        return;
+    };
+    let mut upstreams: Vec<Chronyd> = (0..2).map(|_| Chronyd::start(&chronyd, &capsh)).collect();
+    for u in &upstreams {
+        u.wait_ready();
+    }
+    let entries: String = upstreams
+        .iter()
+        .map(|u| {
+            format!(
+                "[[upstream]]\naddress = \"{}\"\niburst = true\nmin-poll = -2\nmax-poll = 0\n",
+                u.addr()
+            )
+        })
+        .collect();
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[clock]\ndiscipline = \"software\"\n\
+         local-stratum = 10\n{entries}"
+    );
+    let mut server = Fastntpd::start(&config);
+    let line = server.wait_for("synchronized to", Duration::from_secs(30));
+    // Kill the system peer: the harder case.
+    let dead = upstreams
+        .iter()
+        .position(|u| line.contains(&format!("synchronized to {} ", u.addr())))
+        .unwrap_or_else(|| panic!("synchronized to neither upstream: {line}"));
+    let dead_addr = upstreams[dead].addr();
+    let killed_at_line = server.log.len();
+    upstreams[dead].kill();
+    // Watch for longer than the dead one's last estimate could last, while
+    // asking the server for the time twice a second.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut served = Vec::new();
+    while Instant::now() < deadline {
+        server.read_for(Duration::from_millis(500));
+        if let Some(h) = served_header(server.addrs[0]) {
+            served.push((h.stratum, h.leap, h.reference_id));
+        }
+    }
+    let after_kill = &server.log[killed_at_line..];
+    let bad: Vec<&String> = after_kill
+        .iter()
+        .filter(|l| {
+            l.contains("falseticker") || l.contains("holdover") || l.contains("local clock")
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{bad:#?}\nlog after the kill: {after_kill:#?}"
+    );
+    let unreachable: Vec<&String> = after_kill
+        .iter()
+        .filter(|l| l.contains("unreachable"))
+        .collect();
+    assert!(
+        unreachable.len() == 1
+            && unreachable[0].contains(&format!("upstream {dead_addr} unreachable")),
+        "the dead upstream must be logged unreachable, once: {after_kill:#?}"
+    );
+    // Stratum 2 (following the survivor) all along.
+    assert!(served.len() > 20, "only {} replies", served.len());
+    let wrong: Vec<_> = served
+        .iter()
+        .filter(|s| **s != (2, LeapIndicator::NoWarning, RefId([127, 0, 0, 1])))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+    eprintln!("{line}\n{}", unreachable[0]);
     server.stop();
 }

@@ -10,10 +10,9 @@ mod sim;
 use fastntp::config::{ClockConfig, DisciplineMode};
 use fastntp::discipline::clock::{FakeOp, KernelClock, SystemClock};
 use fastntp::discipline::drift;
-use fastntp::discipline::leapfile::LeapTable;
 use fastntp::discipline::status::SyncState;
 use fastntp::proto::LeapIndicator;
-use sim::{Sim, VirtualUpstream};
+use sim::{leap_table_inserting_at, Sim, VirtualUpstream, LEAP_MIDNIGHTS};
 
 fn kernel_clock(first_step_unlimited: bool) -> ClockConfig {
     ClockConfig {
@@ -222,50 +221,53 @@ fn at_exit_the_kernel_keeps_the_frequency_but_not_the_slew() {
 
 #[test]
 fn kernel_leap_second_is_armed_applied_once_and_disarmed() {
-    // Start at 22:00 UTC on 2016-12-31; the list says 2017-01-01 gets a
-    // new TAI-UTC offset, i.e. a second is inserted at midnight; the
-    // upstreams repeat a second at midnight too.
-    let midnight = 7200.0;
-    let start = 1_483_228_800 - 7200;
-    let mut ups = upstreams();
-    for u in &mut ups {
-        u.leap_step = Some((midnight, -1.0));
-    }
-    let mut sim = Sim::new_at(start, kernel_clock(true), 0.0, 0.0, 0.0, ups, (4, 6), 6);
-    sim.engine.set_leap_table(Some(
-        LeapTable::parse("#@ 4000000000\n3644697600 36\n3692217600 37\n").unwrap(),
-    ));
-    sim.run_until(3600.0);
-    assert!(
-        sim.clock
-            .operations()
-            .contains(&FakeOp::Leap(LeapIndicator::InsertSecond)),
-        "{:?}",
-        sim.clock.operations()
-    );
-    assert_eq!(sim.last().state.leap, LeapIndicator::InsertSecond);
-    // Kernel mode: the kernel inserts the second, not the workers.
-    assert_eq!(sim.last().state.correction.leap_step, 0);
+    // Start at 22:00 UTC on the last day of a month whose midnight gets a
+    // new TAI-UTC offset in the list, i.e. a second is inserted; the
+    // upstreams repeat a second at midnight too. In 2016, after the 2036
+    // NTP era change, and in 2100.
+    for midnight_unix in LEAP_MIDNIGHTS {
+        let midnight = 7200.0;
+        let start = midnight_unix - 7200;
+        let mut ups = upstreams();
+        for u in &mut ups {
+            u.leap_step = Some((midnight, -1.0));
+        }
+        let mut sim = Sim::new_at(start, kernel_clock(true), 0.0, 0.0, 0.0, ups, (4, 6), 6);
+        sim.engine
+            .set_leap_table(Some(leap_table_inserting_at(midnight_unix)));
+        sim.run_until(3600.0);
+        assert!(
+            sim.clock
+                .operations()
+                .contains(&FakeOp::Leap(LeapIndicator::InsertSecond)),
+            "{midnight_unix}: {:?}",
+            sim.clock.operations()
+        );
+        assert_eq!(sim.last().state.leap, LeapIndicator::InsertSecond);
+        // Kernel mode: the kernel inserts the second, not the workers.
+        assert_eq!(sim.last().state.correction.leap_step, 0);
 
-    // Through midnight and an hour on.
-    sim.run_until(midnight + 3600.0);
-    assert_eq!(sim.clock.leaps_applied(), 1);
-    // Our own kernel's leap is not someone else's step, and nothing was
-    // stepped back to "fix" it.
-    assert_eq!(sim.engine.foreign_steps(), 0);
-    assert_eq!(steps(&sim), Vec::<f64>::new());
-    // Disarmed afterwards, and LI back to 0.
-    assert_eq!(sim.clock.status().unwrap().leap, LeapIndicator::NoWarning);
-    assert_eq!(sim.last().state.leap, LeapIndicator::NoWarning);
-    assert!(sim
-        .between(midnight, midnight + 3600.0)
-        .all(|p| p.sync == SyncState::Synchronized));
-    // The kernel clock is UTC: one second behind the continuous timescale.
-    assert!(
-        (sim.clock.error() + 1.0).abs() < 0.001,
-        "{}",
-        sim.clock.error()
-    );
+        // Through midnight and an hour on.
+        sim.run_until(midnight + 3600.0);
+        assert_eq!(sim.clock.leaps_applied(), 1, "{midnight_unix}");
+        // Our own kernel's leap is not someone else's step, and nothing
+        // was stepped back to "fix" it.
+        assert_eq!(sim.engine.foreign_steps(), 0, "{midnight_unix}");
+        assert_eq!(steps(&sim), Vec::<f64>::new());
+        // Disarmed afterwards, and LI back to 0.
+        assert_eq!(sim.clock.status().unwrap().leap, LeapIndicator::NoWarning);
+        assert_eq!(sim.last().state.leap, LeapIndicator::NoWarning);
+        assert!(sim
+            .between(midnight, midnight + 3600.0)
+            .all(|p| p.sync == SyncState::Synchronized));
+        // The kernel clock is UTC: one second behind the continuous
+        // timescale.
+        assert!(
+            (sim.clock.error() + 1.0).abs() < 0.001,
+            "{midnight_unix}: {}",
+            sim.clock.error()
+        );
+    }
 }
 
 #[test]

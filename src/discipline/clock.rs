@@ -219,7 +219,8 @@ pub enum FakeOp {
 
 #[derive(Debug)]
 struct FakeState {
-    epoch: NtpTimestamp,
+    /// Unix time where true time starts.
+    epoch: UnixTime,
     /// Virtual true time since `epoch`, s.
     now: f64,
     /// Kernel clock minus true time, s.
@@ -257,11 +258,12 @@ impl FakeState {
 
     /// The kernel clock as Unix seconds.
     fn kernel_unix(&self) -> f64 {
-        let u = self
-            .epoch
-            .add_secs(self.now + self.error)
-            .to_unix(UnixTime::new(1_700_000_000, 0));
-        u.secs as f64 + u.nanos as f64 * 1e-9
+        self.epoch.as_secs_f64() + self.now + self.error
+    }
+
+    /// `secs` after the epoch, as an NTP timestamp.
+    fn at(&self, secs: f64) -> NtpTimestamp {
+        NtpTimestamp::from_unix(self.epoch).add_secs(secs)
     }
 
     /// What the kernel does with an armed leap second as its clock goes
@@ -301,10 +303,11 @@ pub struct FakeClock {
 }
 
 impl FakeClock {
-    /// A clock whose true time starts at `epoch`, `offset` s ahead of true
-    /// time, running `freq` fast (1e-6 = 1 ppm), with a random-walk
-    /// frequency wander of `wander` per √s, noise seeded by `seed`.
-    pub fn new(epoch: NtpTimestamp, offset: f64, freq: f64, wander: f64, seed: u64) -> Self {
+    /// A clock whose true time starts at Unix time `epoch`, `offset` s
+    /// ahead of true time, running `freq` fast (1e-6 = 1 ppm), with a
+    /// random-walk frequency wander of `wander` per √s, noise seeded by
+    /// `seed`.
+    pub fn new(epoch: UnixTime, offset: f64, freq: f64, wander: f64, seed: u64) -> Self {
         FakeClock {
             state: Arc::new(Mutex::new(FakeState {
                 epoch,
@@ -381,13 +384,19 @@ impl FakeClock {
     /// True time now.
     pub fn true_time(&self) -> NtpTimestamp {
         let s = self.lock();
-        s.epoch.add_secs(s.now)
+        s.at(s.now)
     }
 
     /// What the kernel clock reads now.
     pub fn kernel_time(&self) -> NtpTimestamp {
         let s = self.lock();
-        s.epoch.add_secs(s.now + s.error)
+        s.at(s.now + s.error)
+    }
+
+    /// What the kernel clock reads now, as Unix time (era and all).
+    pub fn kernel_unix(&self) -> UnixTime {
+        let s = self.lock();
+        s.at(s.now + s.error).to_unix(s.epoch)
     }
 
     /// The monotonic clock (runs at the kernel clock's rate, never steps).
@@ -478,7 +487,7 @@ mod tests {
 
     #[test]
     fn fake_clock_drifts_and_obeys_adjustments() {
-        let epoch = NtpTimestamp::from_bits(0xE000_0000_0000_0000);
+        let epoch = UnixTime::new(1_550_000_000, 0);
         let mut c = FakeClock::new(epoch, 0.1, 50e-6, 0.0, 1);
         c.advance(100.0);
         assert!((c.error() - (0.1 + 0.005)).abs() < 1e-12);
@@ -497,7 +506,7 @@ mod tests {
 
     #[test]
     fn wander_moves_the_frequency_reproducibly() {
-        let epoch = NtpTimestamp::from_bits(0xE000_0000_0000_0000);
+        let epoch = UnixTime::new(1_550_000_000, 0);
         let a = FakeClock::new(epoch, 0.0, 0.0, 1e-9, 7);
         let b = FakeClock::new(epoch, 0.0, 0.0, 1e-9, 7);
         a.advance(3600.0);
@@ -509,7 +518,7 @@ mod tests {
     #[test]
     fn fake_clock_applies_an_armed_leap_second_once() {
         // 2016-12-31T23:59:50Z.
-        let epoch = NtpTimestamp::from_unix(UnixTime::new(1_483_228_790, 0));
+        let epoch = UnixTime::new(1_483_228_790, 0);
         let mut c = FakeClock::new(epoch, 0.0, 0.0, 0.0, 1);
         c.set_leap(LeapIndicator::InsertSecond).unwrap();
         c.advance(20.0);
@@ -527,7 +536,7 @@ mod tests {
 
     #[test]
     fn a_leftover_pll_offset_moves_the_clock_until_reset() {
-        let epoch = NtpTimestamp::from_bits(0xE000_0000_0000_0000);
+        let epoch = UnixTime::new(1_550_000_000, 0);
         let mut c = FakeClock::new(epoch, 0.0, 0.0, 0.0, 1);
         c.leave_pll_running(0.05);
         c.advance(10.0);

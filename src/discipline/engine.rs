@@ -18,7 +18,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::algo::combine::{self, Combined, Survivor};
 use super::algo::filter::Sample;
@@ -26,9 +26,12 @@ use super::algo::select::{self, Candidate, Verdict};
 use super::algo::steer::{self, Action, SteerConfig, Trajectory};
 use super::algo::{MAX_DISTANCE, PHI};
 use super::clock::KernelStatus;
+use super::external::KernelUpdates;
 use super::leapfile::{LeapFileError, LeapTable};
+use super::reach::{Change, UNREACHABLE_AFTER};
 use super::source::{refid_of, Kiss, Measurement, ReplyError, Source, SourceConfig};
 use super::status::{SourceStatus, Status, SyncState, SystemStatus, Tally};
+use super::transition::{self, Reason};
 use crate::config::{ClockConfig, DisciplineMode};
 use crate::proto::time::secs_to_units;
 use crate::proto::{
@@ -65,6 +68,30 @@ pub struct Now {
     pub mono: f64,
     /// The kernel real-time clock.
     pub kernel: NtpTimestamp,
+    /// The same reading as Unix time: it names the NTP era (timestamps
+    /// carry none), so dates stay right past 2036 and 2091.
+    pub unix: UnixTime,
+}
+
+impl Now {
+    /// The monotonic clock at `mono` s and the kernel clock at `kernel`.
+    pub fn new(mono: f64, kernel: UnixTime) -> Now {
+        Now {
+            mono,
+            kernel: NtpTimestamp::from_unix(kernel),
+            unix: kernel,
+        }
+    }
+
+    /// `secs` later on both clocks (for tests and simulations).
+    pub fn later(&self, secs: f64) -> Now {
+        let kernel = self.kernel.add_secs(secs);
+        Now {
+            mono: self.mono + secs,
+            kernel,
+            unix: kernel.to_unix(self.unix),
+        }
+    }
 }
 
 /// What the caller must do to the kernel clock (kernel mode only).
@@ -213,7 +240,7 @@ pub struct Engine {
     update_deferred: bool,
     sys: Option<SysVars>,
     state: SyncState,
-    panicking: bool,
+    reason: Reason,
     commands: Vec<ClockCommand>,
     leap_table: Option<LeapTable>,
     leap_expired_logged: bool,
@@ -222,7 +249,7 @@ pub struct Engine {
     leap_done: Option<i64>,
     kernel_armed: LeapIndicator,
     kernel_leap_midnight: i64,
-    external: Option<KernelStatus>,
+    external: KernelUpdates,
     kernel_epoch: NtpTimestamp,
     kernel_minus_mono: Option<f64>,
     expected_jump: f64,
@@ -230,10 +257,9 @@ pub struct Engine {
     dirty: bool,
 }
 
-fn unix_secs(t: NtpTimestamp, pivot: NtpTimestamp) -> f64 {
-    // Era from the pivot (the kernel clock), then plain seconds.
-    let u = t.to_unix(pivot.to_unix(UnixTime::new(1_700_000_000, 0)));
-    u.secs as f64 + u.nanos as f64 * 1e-9
+/// `t` as Unix seconds, in the era of the kernel clock at `now`.
+fn unix_secs(t: NtpTimestamp, now: &Now) -> f64 {
+    t.to_unix(now.unix).as_secs_f64()
 }
 
 /// Whether Unix day number `day` is the last day of its month.
@@ -270,7 +296,7 @@ impl Engine {
             update_deferred: false,
             sys: None,
             state: SyncState::Starting,
-            panicking: false,
+            reason: Reason::Starting,
             commands: Vec::new(),
             leap_table: None,
             leap_expired_logged: false,
@@ -279,7 +305,7 @@ impl Engine {
             leap_done: None,
             kernel_armed: LeapIndicator::NoWarning,
             kernel_leap_midnight: 0,
-            external: None,
+            external: KernelUpdates::default(),
             kernel_epoch: now.kernel,
             kernel_minus_mono: None,
             expected_jump: 0.0,
@@ -378,10 +404,10 @@ impl Engine {
         }
     }
 
-    /// External mode: the kernel clock's status, read by the caller.
-    pub fn set_kernel_status(&mut self, status: KernelStatus) {
-        if self.external != Some(status) {
-            self.external = Some(status);
+    /// External mode: the kernel clock's status, read by the caller at
+    /// `now` (about every second: see [`super::external`]).
+    pub fn set_kernel_status(&mut self, status: KernelStatus, now: &Now) {
+        if self.external.observe(status, now) {
             self.dirty = true;
         }
     }
@@ -389,6 +415,11 @@ impl Engine {
     /// What is served now, in a word.
     pub fn state(&self) -> SyncState {
         self.state
+    }
+
+    /// Why.
+    pub fn reason(&self) -> Reason {
+        self.reason
     }
 
     /// The correction trajectory (served minus uncorrected local clock).
@@ -451,9 +482,24 @@ impl Engine {
         }
         if !out.is_empty() {
             // Reachability changed: see whether anything is still usable.
+            self.log_reach_changes();
             self.reassess(now);
         }
         out
+    }
+
+    /// Logs the sources that became unreachable or came back, once each.
+    fn log_reach_changes(&mut self) {
+        for slot in &mut self.slots {
+            let addr = slot.source.addr();
+            match slot.source.take_reach_change() {
+                Some(Change::Unreachable { missed }) => {
+                    warn!("upstream {addr} unreachable (no reply to the last {missed} polls)")
+                }
+                Some(Change::Back) => info!("upstream {addr} reachable again"),
+                None => {}
+            }
+        }
     }
 
     /// The request of source `id` left at kernel time `t1`, from our
@@ -492,6 +538,7 @@ impl Engine {
         match slot.source.receive(bytes, t4, mono) {
             Ok(m) => {
                 self.add_measurement(id, m);
+                self.log_reach_changes();
                 for slot in self.slots.iter_mut().filter(|s| s.id != id) {
                     slot.source.note_other_reply(now.mono);
                 }
@@ -618,45 +665,31 @@ impl Engine {
         }
     }
 
-    fn set_state(&mut self, state: SyncState) {
-        if state == self.state {
+    /// Enters `state` for `reason`; a new state (or a panic) is logged
+    /// once, with its reason.
+    fn set_state(&mut self, state: SyncState, reason: Reason) {
+        let old = (self.state, self.reason);
+        let panic_news =
+            matches!(reason, Reason::PanicThreshold { .. }) && !reason.same_kind(&old.1);
+        if reason != old.1 {
+            self.reason = reason;
+            self.dirty = true;
+        }
+        if state == old.0 && !panic_news {
             return;
         }
-        let old = self.state;
         self.state = state;
-        self.dirty = true;
         if self.cfg.mode == DisciplineMode::Kernel
             && matches!(state, SyncState::LocalClock | SyncState::Unsynchronized)
         {
             // Tell other users of the kernel clock it is no longer vouched for.
             self.commands.push(ClockCommand::Sync(None));
         }
-        self.log_state(old);
-    }
-
-    fn log_state(&self, old: SyncState) {
-        match self.state {
-            SyncState::Synchronized => match &self.sys {
-                Some(sys) => info!(
-                    "synchronized to {} at stratum {} (was {})",
-                    sys.peer,
-                    sys.stratum,
-                    old.name()
-                ),
-                None => info!("synchronized: the kernel clock is disciplined externally"),
-            },
-            SyncState::Holdover => warn!(
-                "no usable upstream: holdover (still serving at stratum {}, root dispersion \
-                 growing)",
-                self.sys.map_or(0, |s| s.stratum)
-            ),
-            SyncState::LocalClock => warn!(
-                "serving the local clock at stratum {} (refid LOCL)",
-                self.cfg.local_stratum.unwrap_or(0)
-            ),
-            SyncState::Unsynchronized => warn!("serving as unsynchronized (LI 3, stratum 0)"),
-            SyncState::Starting => {}
-        }
+        let stratum = match state {
+            SyncState::LocalClock => self.cfg.local_stratum.unwrap_or(0),
+            _ => self.sys.map_or(0, |s| s.stratum),
+        };
+        transition::log(old, (state, reason), stratum);
     }
 
     fn fallback(&self) -> SyncState {
@@ -667,17 +700,19 @@ impl Engine {
         }
     }
 
-    fn enter_holdover(&mut self) {
+    fn enter_holdover(&mut self, reason: Reason) {
         // External mode takes its state from the kernel alone.
         if self.state == SyncState::Synchronized && self.cfg.mode != DisciplineMode::External {
-            self.set_state(SyncState::Holdover);
+            self.set_state(SyncState::Holdover, reason);
         }
     }
 
     /// After a change in reachability: holdover when nothing is usable.
     fn reassess(&mut self, now: &Now) {
-        if self.corrected && self.select(now).is_none() {
-            self.enter_holdover();
+        if self.corrected {
+            if let Err(reason) = self.select(now) {
+                self.enter_holdover(reason);
+            }
         }
     }
 
@@ -689,36 +724,68 @@ impl Engine {
         match self.state {
             SyncState::Starting => {
                 if self.startup_grace_over(now) {
-                    self.set_state(self.fallback());
+                    let reason = self.why_not_synchronized(now);
+                    self.set_state(self.fallback(), reason);
                 }
             }
             SyncState::Holdover => {
                 if self.holdover_over(now) {
-                    self.set_state(self.fallback());
+                    let secs = self.since_update(now).unwrap_or(0.0);
+                    self.set_state(self.fallback(), Reason::HoldoverOver { secs });
                 }
             }
             SyncState::Synchronized => {
                 if self.update_overdue(now) {
                     // Sources answer, but nothing usable came for too long.
-                    self.set_state(SyncState::Holdover);
+                    let secs = self.since_update(now).unwrap_or(0.0);
+                    self.set_state(SyncState::Holdover, Reason::NoUpdate { secs });
                 }
             }
             SyncState::LocalClock | SyncState::Unsynchronized => {}
         }
     }
 
+    /// Why the first synchronization has not come by the end of the
+    /// start-up wait.
+    fn why_not_synchronized(&self, now: &Now) -> Reason {
+        if !self.cfg.has_upstreams {
+            Reason::NoUpstreams
+        } else if self.slots.iter().all(|s| s.source.last_reply().is_none()) {
+            Reason::NoneAnswered {
+                secs: now.mono - self.start_mono,
+            }
+        } else {
+            self.why_unselectable(now)
+        }
+    }
+
+    /// Why selection finds nothing to follow, from the candidates at `now`.
+    fn why_unselectable(&self, now: &Now) -> Reason {
+        if !self.candidates(now).0.is_empty() {
+            Reason::NoMajority
+        } else if self
+            .slots
+            .iter()
+            .all(|s| !s.source.usable() || s.source.refused().is_some())
+        {
+            Reason::Unreachable {
+                polls: UNREACHABLE_AFTER,
+            }
+        } else {
+            Reason::Unfit
+        }
+    }
+
     fn evaluate_external(&mut self, now: &Now) {
         let synced = self
             .external
+            .status()
             .is_some_and(|k| k.synchronized && k.maxerror < 16.0);
-        let next = if synced {
-            SyncState::Synchronized
-        } else if self.state == SyncState::Starting && !self.startup_grace_over(now) {
-            SyncState::Starting
-        } else {
-            self.fallback()
-        };
-        self.set_state(next);
+        if synced {
+            self.set_state(SyncState::Synchronized, Reason::KernelSynchronized);
+        } else if self.state != SyncState::Starting || self.startup_grace_over(now) {
+            self.set_state(self.fallback(), Reason::KernelUnsynchronized);
+        }
     }
 
     fn startup_grace_over(&self, now: &Now) -> bool {
@@ -767,9 +834,9 @@ impl Engine {
         }
     }
 
-    /// Selection over the current estimates; sets every tally. `None` when
-    /// no source survives.
-    fn select(&mut self, now: &Now) -> Option<Selection> {
+    /// Selection over the current estimates; sets every tally. Why not,
+    /// when no source survives.
+    fn select(&mut self, now: &Now) -> Result<Selection, Reason> {
         let (cand, index) = self.candidates(now);
         let verdicts = select::select(&cand);
         let mut tallies = vec![Tally::Rejected; self.slots.len()];
@@ -778,6 +845,7 @@ impl Engine {
             tallies[index[k]] = match v {
                 Verdict::Falseticker => Tally::Falseticker,
                 Verdict::Outlier => Tally::Outlier,
+                Verdict::Stale => Tally::Rejected,
                 Verdict::Survivor => {
                     survivors.push(k);
                     Tally::Candidate
@@ -798,7 +866,7 @@ impl Engine {
                 })
             });
         self.set_tallies(tallies);
-        result
+        result.ok_or_else(|| self.why_unselectable(now))
     }
 
     /// The sources fit for selection, as candidates, with their slot
@@ -826,6 +894,7 @@ impl Engine {
                 root_distance: dist,
                 jitter: est.jitter,
                 stratum: up.stratum,
+                stale: s.stale(),
             });
             index.push(i);
         }
@@ -833,8 +902,9 @@ impl Engine {
     }
 
     /// The system peer among the survivors (an index into `cand`): the
-    /// current one while it survives (no needless clock hopping), else the
-    /// lowest stratum, then the smallest root distance.
+    /// current one while it survives and answers (no needless clock
+    /// hopping), else one that answers before one that missed its latest
+    /// poll, then the lowest stratum, then the smallest root distance.
     fn system_peer(
         &self,
         cand: &[Candidate],
@@ -845,12 +915,11 @@ impl Engine {
         survivors
             .iter()
             .copied()
-            .find(|&k| Some(self.slots[index[k]].source.addr()) == previous)
+            .find(|&k| !cand[k].stale && Some(self.slots[index[k]].source.addr()) == previous)
             .or_else(|| {
                 survivors.iter().copied().min_by(|&a, &b| {
-                    cand[a]
-                        .stratum
-                        .cmp(&cand[b].stratum)
+                    (cand[a].stale, cand[a].stratum)
+                        .cmp(&(cand[b].stale, cand[b].stratum))
                         .then(cand[a].root_distance.total_cmp(&cand[b].root_distance))
                 })
             })
@@ -943,9 +1012,12 @@ impl Engine {
         if self.update_deferred {
             return;
         }
-        let Some(sel) = self.select(now) else {
-            self.enter_holdover();
-            return;
+        let sel = match self.select(now) {
+            Ok(sel) => sel,
+            Err(reason) => {
+                self.enter_holdover(reason);
+                return;
+            }
         };
         let residual = if self.cfg.mode == DisciplineMode::External {
             0.0
@@ -986,10 +1058,6 @@ impl Engine {
                 error.abs()
             }
         };
-        if self.panicking {
-            info!("clock corrections are within panic-threshold again");
-            self.panicking = false;
-        }
         if self.cfg.mode == DisciplineMode::Kernel {
             self.commands
                 .push(ClockCommand::Frequency(self.traj.rate()));
@@ -998,18 +1066,16 @@ impl Engine {
     }
 
     /// The upstreams agree that our time is off by more than we may
-    /// correct: stop vouching for it at once rather than serve it for the
-    /// length of a holdover.
+    /// correct: stop vouching for it at once — "unsynchronized", not the
+    /// local clock (that is for no usable upstream, not for upstreams that
+    /// call our clock wrong), and not a holdover of a time they reject —
+    /// until a correction within the threshold is accepted again.
     fn refuse(&mut self, error: f64) {
-        if !self.panicking {
-            error!(
-                "refusing to correct the clock by {error:+.3} s: beyond panic-threshold \
-                 ({} s); check the upstreams or set panic-threshold",
-                self.cfg.steer.panic_threshold
-            );
-            self.panicking = true;
-        }
-        self.set_state(self.fallback());
+        let reason = Reason::PanicThreshold {
+            offset: error,
+            limit: self.cfg.steer.panic_threshold,
+        };
+        self.set_state(SyncState::Unsynchronized, reason);
     }
 
     fn stepped(&mut self, error: f64) {
@@ -1058,7 +1124,7 @@ impl Engine {
         }
         self.dirty = true;
         if self.cfg.mode != DisciplineMode::External {
-            self.set_state(SyncState::Synchronized);
+            self.set_state(SyncState::Synchronized, Reason::Following(peer));
         }
     }
 
@@ -1071,7 +1137,7 @@ impl Engine {
     }
 
     fn leap_housekeeping(&mut self, now: &Now) {
-        let unix = unix_secs(self.served_unleaped(now), now.kernel);
+        let unix = unix_secs(self.served_unleaped(now), now);
         let day = unix.div_euclid(86_400.0) as i64;
         let midnight = (day + 1) * 86_400;
         self.fold_planned_leap(now, unix);
@@ -1198,22 +1264,25 @@ impl Engine {
         }
     }
 
+    /// External mode: the kernel's leap flags, its maximum error as of the
+    /// last read as root dispersion (when larger than the upstreams'), and
+    /// the time the other daemon last updated the clock as reference time.
     fn external_state(&self, now: &Now) -> ServerState {
-        match (self.state, self.external) {
-            (SyncState::Synchronized, Some(k)) => {
-                let served = self.served_unleaped(now);
+        let ext = &self.external;
+        match (self.state, ext.status(), ext.read_at(), ext.last_update()) {
+            (SyncState::Synchronized, Some(k), Some(read_at), Some(updated)) => {
                 let mut s = match &self.sys {
                     Some(sys) => self.synced_state(sys, self.correction(now)),
                     None => self.local_state(now, k.leap),
                 };
                 s.leap = k.leap;
-                let disp = k.maxerror.max(s.root_dispersion.as_secs_f64());
-                s.root_dispersion = NtpShort::from_secs_f64(disp);
-                s.dispersion_base = served;
-                s.reference_time = served;
+                let upstream = s.root_dispersion_at(read_at).as_secs_f64();
+                s.root_dispersion = NtpShort::from_secs_f64(k.maxerror.max(upstream));
+                s.dispersion_base = read_at;
+                s.reference_time = updated;
                 s
             }
-            (SyncState::LocalClock, _) => self.local_state(now, LeapIndicator::NoWarning),
+            (SyncState::LocalClock, ..) => self.local_state(now, LeapIndicator::NoWarning),
             _ => self.unsynchronized_state(now),
         }
     }
@@ -1259,11 +1328,12 @@ impl Engine {
             .iter()
             .map(|slot| source_status(slot, now, traj_now))
             .collect();
-        let kernel_ppm = self.external.map_or(0.0, |k| k.frequency_ppm);
+        let kernel_ppm = self.external.status().map_or(0.0, |k| k.frequency_ppm);
         Status {
             system: SystemStatus {
                 mode: self.cfg.mode,
                 state: self.state,
+                reason: self.reason,
                 stratum: state.stratum,
                 refid: state.reference_id,
                 leap: state.leap,
@@ -1283,7 +1353,11 @@ impl Engine {
                 root_dispersion: state
                     .root_dispersion_at(self.served_unleaped(now))
                     .as_secs_f64(),
-                since_update: self.since_update(now),
+                since_update: if self.cfg.mode == DisciplineMode::External {
+                    self.external.since_update(now.mono)
+                } else {
+                    self.since_update(now)
+                },
             },
             sources,
         }
@@ -1320,10 +1394,7 @@ mod tests {
             local_stratum,
             ..ClockConfig::default()
         };
-        let now = Now {
-            mono: 10.0,
-            kernel: NtpTimestamp::from_unix(UnixTime::new(1_800_000_000, 0)),
-        };
+        let now = Now::new(10.0, UnixTime::new(1_800_000_000, 0));
         (
             Engine::new(EngineConfig::new(&clock, -20, 0.0, false), &now),
             now,
@@ -1333,13 +1404,16 @@ mod tests {
     #[test]
     fn external_mode_serves_the_kernel_status() {
         let (mut e, now) = external_engine(Some(1));
-        e.set_kernel_status(KernelStatus {
-            synchronized: true,
-            maxerror: 0.002,
-            esterror: 0.0001,
-            leap: LeapIndicator::InsertSecond,
-            frequency_ppm: 12.5,
-        });
+        e.set_kernel_status(
+            KernelStatus {
+                synchronized: true,
+                maxerror: 0.002,
+                esterror: 0.0001,
+                leap: LeapIndicator::InsertSecond,
+                frequency_ppm: 12.5,
+            },
+            &now,
+        );
         e.tick(&now);
         let s = e.server_state(&now);
         assert_eq!(e.state(), SyncState::Synchronized);
@@ -1352,18 +1426,63 @@ mod tests {
         assert_eq!(e.status(&now).system.frequency_ppm, 12.5);
 
         // STA_UNSYNC: fall back.
-        e.set_kernel_status(KernelStatus {
-            synchronized: false,
-            maxerror: 16.0,
-            esterror: 16.0,
-            leap: LeapIndicator::NoWarning,
-            frequency_ppm: 12.5,
-        });
+        e.set_kernel_status(
+            KernelStatus {
+                synchronized: false,
+                maxerror: 16.0,
+                esterror: 16.0,
+                leap: LeapIndicator::NoWarning,
+                frequency_ppm: 12.5,
+            },
+            &now,
+        );
         e.tick(&now);
         assert_eq!(e.state(), SyncState::LocalClock);
         let (mut e, now) = external_engine(None);
         e.tick(&now);
         assert_eq!(e.server_state(&now).leap, LeapIndicator::Unsynchronized);
+    }
+
+    #[test]
+    fn external_mode_serves_the_time_of_the_last_kernel_update() {
+        let (mut e, start) = external_engine(None);
+        let kernel = |maxerror: f64, esterror: f64| KernelStatus {
+            synchronized: true,
+            maxerror,
+            esterror,
+            leap: LeapIndicator::NoWarning,
+            frequency_ppm: 12.5,
+        };
+        let ago = |s: &ServerState, now: &Now| now.kernel.diff_secs(s.reference_time);
+        // First read: 2 ms maximum error, so the other daemon updated the
+        // clock at most 4 s ago; that is what is served.
+        e.set_kernel_status(kernel(0.002, 0.0001), &start);
+        e.tick(&start);
+        let s = e.server_state(&start.later(0.5));
+        assert!((ago(&s, &start) - 4.0).abs() < 1e-6, "{}", ago(&s, &start));
+        // The kernel grows maxerror by 500 µs a second: no update, the
+        // reference time stays put while the state is re-published.
+        let mut now = start;
+        for i in 1..=5 {
+            now = start.later(i as f64);
+            e.set_kernel_status(kernel(0.002 + 0.0005 * i as f64, 0.0001), &now);
+            e.tick(&now);
+            let s = e.server_state(&now);
+            assert!((ago(&s, &now) - (4.0 + i as f64)).abs() < 1e-6, "{i}");
+            // Root dispersion: the kernel's maximum error as of this read.
+            assert_eq!(s.dispersion_base, now.kernel);
+            assert!((s.root_dispersion.as_secs_f64() - (0.002 + 0.0005 * i as f64)).abs() < 1e-4);
+        }
+        // The daemon updates the clock (maxerror falls): that instant.
+        let update = now.later(1.0);
+        e.set_kernel_status(kernel(0.0012, 0.00008), &update);
+        e.tick(&update);
+        for later in [0.0, 0.4, 0.9] {
+            let s = e.server_state(&update.later(later));
+            assert_eq!(s.reference_time, update.kernel, "{later}");
+        }
+        let status = e.status(&update.later(3.0));
+        assert!((status.system.since_update.unwrap() - 3.0).abs() < 1e-6);
     }
 
     #[test]
@@ -1394,10 +1513,7 @@ mod tests {
     fn a_failed_leap_file_reload_keeps_the_previous_list() {
         // 2016-12-31T12:00Z: the list schedules an insertion tonight.
         let clock = ClockConfig::default();
-        let now = Now {
-            mono: 10.0,
-            kernel: NtpTimestamp::from_unix(UnixTime::new(1_483_185_600, 0)),
-        };
+        let now = Now::new(10.0, UnixTime::new(1_483_185_600, 0));
         let mut e = Engine::new(EngineConfig::new(&clock, -20, 0.0, false), &now);
         e.leap_file_loaded(LeapTable::parse(
             "#@ 4000000000\n3644697600 36\n3692217600 37\n",

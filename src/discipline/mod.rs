@@ -13,24 +13,30 @@
 //!   its status (read-only) and polls upstreams only to learn what to call
 //!   itself (stratum, refid).
 //!
-//! Modules: [`source`] (per-upstream state machine), [`algo`] (pure
-//! algorithms), [`engine`] (system process), [`pool`] (which addresses to
-//! poll: resolution, pool replacement and back-off), [`runner`] (the
-//! thread's I/O loop), [`clock`] (kernel clock trait, real and fake),
-//! [`net`] (polling sockets), [`resolve`] (DNS helper thread), [`status`]
-//! (what the control interface reads), [`drift`] and [`leapfile`] (files).
+//! Modules: [`source`] (per-upstream state machine), [`reach`] (its
+//! reachability and what selection makes of it), [`algo`] (pure
+//! algorithms), [`engine`] (system process), [`transition`] (why each
+//! state: reasons and their log lines), [`external`] (external mode: the
+//! other daemon's clock updates), [`pool`] (which addresses to poll:
+//! resolution, pool replacement and back-off), [`runner`] (the thread's
+//! I/O loop), [`clock`] (kernel clock trait, real and fake), [`net`]
+//! (polling sockets), [`resolve`] (DNS helper thread), [`status`] (what the
+//! control interface reads), [`drift`] and [`leapfile`] (files).
 
 pub mod algo;
 pub mod clock;
 pub mod drift;
 pub mod engine;
+pub mod external;
 pub mod leapfile;
 pub mod net;
 pub mod pool;
+pub mod reach;
 pub mod resolve;
 pub mod runner;
 pub mod source;
 pub mod status;
+pub mod transition;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +47,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, DisciplineMode, UpstreamConfig};
-use crate::proto::{NtpTimestamp, ServerState, UnixTime};
+use crate::proto::{ServerState, UnixTime};
 use crate::snapshot::Publisher;
 use clock::{ClockError, KernelClock, SystemClock};
 use drift::DriftError;
@@ -173,10 +179,7 @@ fn tightest_read(mut read: impl FnMut() -> (Duration, UnixTime, Duration)) -> No
     for _ in 0..CLOCK_READS {
         let (a, kernel, b) = read();
         let spread = b.saturating_sub(a);
-        let now = Now {
-            mono: 1000.0 + (a + spread / 2).as_secs_f64(),
-            kernel: NtpTimestamp::from_unix(kernel),
-        };
+        let now = Now::new(1000.0 + (a + spread / 2).as_secs_f64(), kernel);
         if best.is_none_or(|(s, _)| spread < s) {
             best = Some((spread, now));
         }
@@ -188,10 +191,7 @@ fn tightest_read(mut read: impl FnMut() -> (Duration, UnixTime, Duration)) -> No
         Some((_, now)) => now,
         None => {
             let (a, kernel, _) = read();
-            Now {
-                mono: 1000.0 + a.as_secs_f64(),
-                kernel: NtpTimestamp::from_unix(kernel),
-            }
+            Now::new(1000.0 + a.as_secs_f64(), kernel)
         }
     }
 }
@@ -253,7 +253,7 @@ pub fn prepare(config: &Config, precision: i8) -> Result<Prepared, DisciplineErr
         engine.leap_file_loaded(LeapTable::load(path));
     }
     if let Backend::External(clock) = &backend {
-        engine.set_kernel_status(clock.status()?);
+        engine.set_kernel_status(clock.status()?, &now);
     }
     engine.tick(&now);
     let status = StatusHandle::default();
@@ -340,6 +340,7 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::NtpTimestamp;
     use clock::{FakeClock, FakeOp};
 
     #[test]
@@ -381,7 +382,7 @@ mod tests {
 
     #[test]
     fn starting_kernel_mode_resets_a_leftover_pll() {
-        let epoch = NtpTimestamp::from_bits(0xE000_0000_0000_0000);
+        let epoch = UnixTime::new(1_550_000_000, 0);
         let clock = FakeClock::new(epoch, 0.0, 0.0, 0.0, 1);
         // Another daemon left the PLL running with 80 ms still to apply.
         clock.leave_pll_running(0.080);

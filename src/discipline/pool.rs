@@ -350,7 +350,7 @@ mod tests {
     use crate::config::ClockConfig;
     use crate::discipline::engine::EngineConfig;
     use crate::discipline::source::test_replies::primary_reply;
-    use crate::proto::{NtpTimestamp, RefId, UnixTime};
+    use crate::proto::{RefId, UnixTime};
 
     #[derive(Clone, Copy, Debug, PartialEq)]
     enum Behaviour {
@@ -393,10 +393,7 @@ mod tests {
 
     impl World {
         fn new(configs: &[UpstreamConfig]) -> World {
-            let now = Now {
-                mono: 0.0,
-                kernel: NtpTimestamp::from_unix(UnixTime::new(EPOCH, 0)),
-            };
+            let now = Now::new(0.0, UnixTime::new(EPOCH, 0));
             let cfg = EngineConfig::new(&ClockConfig::default(), -20, 0.0, true);
             World {
                 engine: Engine::new(cfg, &now),
@@ -413,10 +410,7 @@ mod tests {
         }
 
         fn now(&self) -> Now {
-            Now {
-                mono: self.mono,
-                kernel: NtpTimestamp::from_unix(UnixTime::new(EPOCH, 0)).add_secs(self.mono),
-            }
+            Now::new(0.0, UnixTime::new(EPOCH, 0)).later(self.mono)
         }
 
         fn reply(&self, request: &[u8; 48], behaviour: Behaviour) -> [u8; 48] {

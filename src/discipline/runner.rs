@@ -241,7 +241,7 @@ impl Runner {
                 self.last.external = now.mono;
                 use super::clock::KernelClock;
                 match clock.status() {
-                    Ok(s) => self.p.engine.set_kernel_status(s),
+                    Ok(s) => self.p.engine.set_kernel_status(s, now),
                     Err(e) => warn!("{e}"),
                 }
             }
@@ -312,10 +312,7 @@ mod tests {
     use crate::proto::{Header, LeapIndicator, Mode, NtpShort, RefId, UnixTime};
 
     fn engine_with_source() -> (Engine, SourceId, Now) {
-        let now = Now {
-            mono: 0.0,
-            kernel: NtpTimestamp::from_unix(UnixTime::new(1_800_000_000, 0)),
-        };
+        let now = Now::new(0.0, UnixTime::new(1_800_000_000, 0));
         let mut e = Engine::new(
             EngineConfig::new(&ClockConfig::default(), -20, 0.0, true),
             &now,
@@ -363,10 +360,7 @@ mod tests {
         e.sent(id, now.kernel, None);
         let mut in_flight = InFlight::default();
         in_flight.insert(id, (), now.mono);
-        let later = Now {
-            mono: 0.01,
-            kernel: now.kernel.add_secs(0.01),
-        };
+        let later = now.later(0.01);
         // An off-path attacker's guess, then garbage: both ignored.
         let forged = reply(&req.packet, now.kernel, Some(NtpTimestamp::from_bits(42)));
         assert!(deliver(&mut e, id, &forged, later.kernel, &later));

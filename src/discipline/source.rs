@@ -12,6 +12,7 @@ use md5::{Digest, Md5};
 
 use super::algo::filter::{Estimate, Sample, SampleFilter};
 use super::algo::{MAX_DISTANCE, PHI};
+use super::reach::{Change, Reach};
 use crate::proto::{Header, LeapIndicator, Mode, NtpTimestamp, RefId, HEADER_LEN};
 
 /// Requests in a burst (RFC 5905 iburst).
@@ -160,7 +161,7 @@ pub struct Source {
     poll: i8,
     /// Floor raised by KoD RATE.
     rate_floor: i8,
-    reach: u8,
+    reach: Reach,
     next_send: f64,
     burst_left: u8,
     /// The initial burst (if any) has been sent.
@@ -179,7 +180,6 @@ pub struct Source {
     last_send: Option<f64>,
     /// The first time another source answered while this one did not.
     others_heard: Option<f64>,
-    last_sample_dispersion: f64,
     precision: f64,
     /// A surprising sample and its residual, waiting for confirmation.
     held: Option<(Sample, f64)>,
@@ -266,7 +266,7 @@ impl Source {
         Source {
             poll,
             rate_floor: config.min_poll,
-            reach: 0,
+            reach: Reach::default(),
             next_send: mono,
             burst_left: if config.iburst { BURST_LEN } else { 0 },
             started: false,
@@ -281,7 +281,6 @@ impl Source {
             previous_send: None,
             last_send: None,
             others_heard: None,
-            last_sample_dispersion: 0.0,
             precision,
             held: None,
             config,
@@ -305,7 +304,7 @@ impl Source {
 
     /// The reach register (bit 0 = the latest poll was answered).
     pub fn reach(&self) -> u8 {
-        self.reach
+        self.reach.register()
     }
 
     /// Requests sent so far.
@@ -363,20 +362,35 @@ impl Source {
 
     /// Answered at least one of the last 8 polls.
     pub fn reachable(&self) -> bool {
-        self.reach != 0
+        self.reach.register() != 0
     }
 
     /// Answered at least one of the last 3 completed polls: fresh enough
     /// to be selected (an unreachable-but-not-yet-zero reach register would
     /// keep a dead source selected for hours at long polls). A request still
-    /// in flight is not counted as lost.
+    /// in flight is not counted as lost. See [`super::reach`].
     pub fn usable(&self) -> bool {
-        let completed = if self.outstanding.is_some() {
-            0b1110
-        } else {
-            0b0111
-        };
-        self.reach & completed != 0
+        self.reach.usable(self.outstanding.is_some())
+    }
+
+    /// Usable, but its latest completed poll went unanswered: its estimate
+    /// only ages (selection lets it help a majority, never prevent one).
+    pub fn stale(&self) -> bool {
+        self.reach.stale(self.outstanding.is_some())
+    }
+
+    /// Completed polls in a row without a valid reply.
+    pub fn missed(&self) -> u32 {
+        self.reach.missed(self.outstanding.is_some())
+    }
+
+    /// The change of reachability since the last call worth logging
+    /// (none for a refusing upstream, which is no longer polled).
+    pub fn take_reach_change(&mut self) -> Option<Change> {
+        let in_flight = self.outstanding.is_some();
+        self.reach
+            .take_change(in_flight)
+            .filter(|_| self.refused.is_none())
     }
 
     /// A request is in flight and its reply would still be accepted.
@@ -407,7 +421,7 @@ impl Source {
         }
         let was_reachable = self.reachable();
         let missed = self.outstanding.is_some();
-        self.reach <<= 1;
+        self.reach.polled();
         self.sent += 1;
         self.started = true;
         self.unanswered_since.get_or_insert(mono);
@@ -503,7 +517,7 @@ impl Source {
         if root_delay / 2.0 + root_dispersion > MAX_DISTANCE {
             return Err(ReplyError::TooFar);
         }
-        self.reach |= 1;
+        self.reach.answered();
         self.last_reply_mono = Some(mono);
         self.unanswered_since = None;
         self.others_heard = None;
@@ -515,7 +529,6 @@ impl Source {
             root_dispersion,
             precision: h.precision,
         });
-        self.last_sample_dispersion = timing.dispersion;
         Ok(Measurement {
             mono: mono - timing.elapsed / 2.0,
             offset: timing.offset,
@@ -563,7 +576,7 @@ impl Source {
             Kiss::Deny | Kiss::Restricted => {
                 self.refused = Some(kiss);
                 self.burst_left = 0;
-                self.reach = 0;
+                self.reach.clear();
             }
         }
     }
@@ -626,17 +639,21 @@ impl Source {
         }
     }
 
-    /// Root distance at `mono` (RFC 5905: half the round trips to the
-    /// primary reference, plus every dispersion and the jitter), or `None`
-    /// without an estimate.
+    /// Root distance at `mono`, or `None` without an estimate: half the
+    /// correctness interval of its estimate (RFC 5905: half the round trips
+    /// to the primary reference plus every dispersion and the jitter). Our
+    /// part of the round trip is the filter's error bound over the samples
+    /// the estimate rests on — not the smallest round trip, which a run of
+    /// delayed samples can leave far behind the estimate — so the interval
+    /// holds the truth and selection can trust it.
     pub fn root_distance(&self, mono: f64) -> Option<f64> {
         let est = self.filter.estimate()?;
         let up = self.upstream.as_ref()?;
         let age = (mono - est.last_time).max(0.0);
         Some(
-            (up.root_delay + est.min_delay) / 2.0
+            up.root_delay / 2.0
                 + up.root_dispersion
-                + self.last_sample_dispersion
+                + self.filter.error_bound_at(mono)
                 + PHI * age
                 + est.jitter
                 + est.offset_sd_at(mono),

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use crate::config::DisciplineMode;
 use crate::proto::{LeapIndicator, RefId};
 
+pub use super::transition::Reason;
+
 /// Selection state of a source, as ntpq's tally codes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Tally {
@@ -21,8 +23,9 @@ pub enum Tally {
     Outlier,
     /// `x`: a falseticker, outside the agreeing majority.
     Falseticker,
-    /// ` `: not a candidate (unreachable, no usable sample, refused, too
-    /// far, unsynchronized).
+    /// ` `: not a candidate (unreachable — no reply to its last 3 polls —,
+    /// stopped answering and out of the majority, no usable sample,
+    /// refused, too far, unsynchronized). Never `x` for those.
     #[default]
     Rejected,
 }
@@ -129,6 +132,8 @@ pub struct SystemStatus {
     pub mode: DisciplineMode,
     /// What is served.
     pub state: SyncState,
+    /// Why (e.g. corrections refused beyond panic-threshold).
+    pub reason: Reason,
     /// Stratum served (0 when unsynchronized).
     pub stratum: u8,
     /// Refid served.
@@ -148,7 +153,8 @@ pub struct SystemStatus {
     pub root_delay: f64,
     /// Root dispersion now, s.
     pub root_dispersion: f64,
-    /// Seconds since the last clock update.
+    /// Seconds since the last clock update (external mode: since the
+    /// other daemon last updated the kernel clock).
     pub since_update: Option<f64>,
 }
 

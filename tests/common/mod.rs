@@ -249,6 +249,18 @@ impl Fastntpd {
         }
     }
 
+    /// Reads log lines for `duration` (into [`Fastntpd::log`]).
+    pub fn read_for(&mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// The PID.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -8,19 +8,22 @@
 use std::net::SocketAddr;
 
 use fastntp::config::{ClockConfig, DisciplineMode};
-use fastntp::discipline::clock::FakeClock;
+use fastntp::discipline::clock::{FakeClock, KernelStatus};
 use fastntp::discipline::engine::{Engine, EngineConfig, Now};
+use fastntp::discipline::leapfile::LeapTable;
 use fastntp::discipline::source::SourceConfig;
 use fastntp::discipline::status::{Status, SyncState, Tally};
 use fastntp::discipline::KernelBackend;
-use fastntp::proto::{Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, RefId, ServerState};
+use fastntp::proto::{
+    Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, RefId, ServerState, UnixTime,
+};
 
 /// Unix time where simulated true time starts by default
 /// (2027-01-15T08:00:00Z).
 pub const EPOCH_UNIX: i64 = 1_800_000_000;
 
 fn ntp_of_unix(secs: i64) -> NtpTimestamp {
-    NtpTimestamp::from_unix(fastntp::proto::UnixTime::new(secs, 0))
+    NtpTimestamp::from_unix(UnixTime::new(secs, 0))
 }
 
 /// A virtual upstream server.
@@ -49,6 +52,12 @@ pub struct VirtualUpstream {
     /// From this true time (s since the epoch) on, its clock reads this
     /// much more (a leap second: -1 after an insertion).
     pub leap_step: Option<(f64, f64)>,
+    /// True-time intervals `(from, to, late)` during which it is slow to
+    /// answer, like a server process on a busy host: it takes its receive
+    /// timestamp, and sends, `late` s after the request arrived. Its
+    /// replies then read `late / 2` ahead, within half their extra delay,
+    /// as NTP's error bound allows.
+    pub stalls: Vec<(f64, f64, f64)>,
 }
 
 impl VirtualUpstream {
@@ -66,11 +75,20 @@ impl VirtualUpstream {
             leap: LeapIndicator::NoWarning,
             kiss: None,
             leap_step: None,
+            stalls: Vec::new(),
         }
     }
 
     fn down_at(&self, t: f64) -> bool {
         self.outages.iter().any(|&(a, b)| t >= a && t < b)
+    }
+
+    fn late_at(&self, t: f64) -> f64 {
+        self.stalls
+            .iter()
+            .filter(|&&(a, b, _)| t >= a && t < b)
+            .map(|&(_, _, late)| late)
+            .sum()
     }
 
     fn offset_at(&self, t: f64) -> f64 {
@@ -103,6 +121,23 @@ pub struct Point {
     pub sync: SyncState,
 }
 
+/// Unix times of midnights that end a day with a leap second, in NTP era 0
+/// (2016-12-31), era 1 (2036-06-30) and past 2091, where a pivot fixed
+/// near 2023 would put the era wrong (2100-06-30).
+pub const LEAP_MIDNIGHTS: [i64; 3] = [1_483_228_800, 2_098_483_200, 4_118_083_200];
+
+/// A leap-second list whose last entry inserts a second just before Unix
+/// time `midnight` (and valid for 100 days after it).
+pub fn leap_table_inserting_at(midnight: i64) -> LeapTable {
+    let ntp = midnight + fastntp::proto::time::NTP_UNIX_OFFSET;
+    LeapTable::parse(&format!(
+        "#@ {}\n{} 36\n{ntp} 37\n",
+        ntp + 100 * 86_400,
+        ntp - 200 * 86_400
+    ))
+    .expect("a valid list")
+}
+
 /// The refid that names virtual upstream `n` (192.0.2.n).
 pub fn refid_of_upstream(n: u8) -> RefId {
     RefId([192, 0, 2, n])
@@ -122,6 +157,9 @@ pub struct Sim {
     rng: u64,
     /// Everything observed, one point per step.
     pub record: Vec<Point>,
+    /// The tally codes of the sources (in the order they were added), with
+    /// the true time they took effect: one entry per change.
+    pub tallies: Vec<(f64, String)>,
     /// True time at the start.
     pub epoch: NtpTimestamp,
     clock_cfg: ClockConfig,
@@ -166,11 +204,8 @@ impl Sim {
         seed: u64,
     ) -> Sim {
         let epoch = ntp_of_unix(start);
-        let clock = FakeClock::new(epoch, offset, freq, wander, seed);
-        let now = Now {
-            mono: clock.mono(),
-            kernel: clock.kernel_time(),
-        };
+        let clock = FakeClock::new(UnixTime::new(start, 0), offset, freq, wander, seed);
+        let now = Now::new(clock.mono(), clock.kernel_unix());
         let kernel = (clock_cfg.discipline == DisciplineMode::Kernel)
             .then(|| KernelBackend::new(clock.clone(), 0.0));
         let mut sim = Sim {
@@ -181,6 +216,7 @@ impl Sim {
             flight: Vec::new(),
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             record: Vec::new(),
+            tallies: Vec::new(),
             epoch,
             clock_cfg,
             polls,
@@ -240,11 +276,16 @@ impl Sim {
         (xorshift(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
     }
 
-    fn now(&self) -> Now {
-        Now {
-            mono: self.clock.mono(),
-            kernel: self.clock.kernel_time(),
-        }
+    /// The engine's clocks now.
+    pub fn now(&self) -> Now {
+        Now::new(self.clock.mono(), self.clock.kernel_unix())
+    }
+
+    /// External mode: what the other daemon's kernel clock status reads
+    /// now.
+    pub fn set_kernel_status(&mut self, status: KernelStatus) {
+        let now = self.now();
+        self.engine.set_kernel_status(status, &now);
     }
 
     /// Served time minus true time now.
@@ -267,6 +308,28 @@ impl Sim {
     /// Mutable access to upstream `i` (e.g. to schedule an outage).
     pub fn upstream(&mut self, i: usize) -> &mut VirtualUpstream {
         &mut self.upstreams[i].1
+    }
+
+    /// Upstream `i` dies now: it never answers again (requests already
+    /// answered still arrive).
+    pub fn kill(&mut self, i: usize) {
+        let t = self.clock.elapsed();
+        self.upstream(i).outages.push((t, f64::INFINITY));
+    }
+
+    /// The tally codes at every change in `[from, to)` s (the codes in
+    /// force at `from` first).
+    pub fn tallies_between(&self, from: f64, to: f64) -> Vec<(f64, String)> {
+        let start = self
+            .tallies
+            .iter()
+            .rposition(|(t, _)| *t <= from)
+            .unwrap_or(0);
+        self.tallies[start..]
+            .iter()
+            .filter(|(t, _)| *t < to)
+            .cloned()
+            .collect()
     }
 
     fn step(&mut self, until: f64) {
@@ -292,7 +355,8 @@ impl Sim {
                 continue;
             }
             let req = Header::parse(&r.packet).expect("request parses");
-            let t2 = self.epoch.add_secs(t + out + u.offset_at(t + out));
+            let late = u.late_at(t + out);
+            let t2 = self.epoch.add_secs(t + out + late + u.offset_at(t + out));
             let t3 = t2.add_secs(0.00001);
             let mut h = Header {
                 leap: u.leap,
@@ -316,7 +380,7 @@ impl Sim {
             let mut bytes = [0u8; 48];
             h.write(&mut bytes);
             self.flight.push(InFlight {
-                arrives: t + out + 0.00001 + back,
+                arrives: t + out + late + 0.00001 + back,
                 id: r.id,
                 bytes,
             });
@@ -359,6 +423,16 @@ impl Sim {
         let now = self.now();
         let state = self.engine.server_state(&now);
         let served = state.correction.apply(now.kernel);
+        let codes: String = self
+            .engine
+            .status(&now)
+            .sources
+            .iter()
+            .map(|s| s.tally.code())
+            .collect();
+        if self.tallies.last().is_none_or(|(_, last)| *last != codes) {
+            self.tallies.push((self.clock.elapsed(), codes));
+        }
         let point = Point {
             t: self.clock.elapsed(),
             error: served.diff_secs(self.clock.true_time()),

@@ -1,10 +1,23 @@
 //! Source selection, RFC 5905 §11.2.1–11.2.2: the intersection algorithm
-//! (Marzullo's, as refined by the RFC) finds the largest group of sources
-//! whose correctness intervals `offset ± root distance` agree and rejects
-//! the rest as falsetickers; clustering then prunes outliers from the
-//! truechimers until at most [`MIN_CLUSTER`] remain or the spread between
-//! them is no larger than their own jitter. Pure functions of the
-//! candidates.
+//! (Marzullo's) finds the largest group of sources whose correctness
+//! intervals `offset ± root distance` share a point and rejects the rest as
+//! falsetickers; clustering then prunes outliers from the truechimers until
+//! at most [`MIN_CLUSTER`] remain or the spread between them is no larger
+//! than their own jitter. Pure functions of the candidates.
+//!
+//! Two deliberate departures from the RFC's pseudo-code, both as ntpd 4.2.8
+//! and chrony do it:
+//!
+//! - Midpoints do not vote. The RFC also counts a source whose interval
+//!   overlaps the intersection but whose *midpoint* lies outside it as a
+//!   falseticker; a source whose interval has grown (an old estimate, a
+//!   noisy path) is then rejected for being honest about its error, and
+//!   with two sources neither survives.
+//! - A source that missed its latest poll ([`Candidate::stale`]) may help
+//!   form a majority but never prevents one: when all candidates have no
+//!   majority, the ones still answering are asked alone. A stale source
+//!   outside the intersection is set aside ([`Verdict::Stale`]), never
+//!   called a falseticker: it stopped answering, it did not disagree.
 
 /// Clustering stops at this many survivors (RFC 5905 NMIN).
 pub const MIN_CLUSTER: usize = 3;
@@ -20,6 +33,9 @@ pub struct Candidate {
     pub jitter: f64,
     /// Its stratum (ranks sources in clustering).
     pub stratum: u8,
+    /// Its latest completed poll went unanswered: its estimate is only
+    /// being extrapolated.
+    pub stale: bool,
 }
 
 /// What selection made of a candidate (ntpq's tally codes).
@@ -31,64 +47,74 @@ pub enum Verdict {
     Outlier,
     /// Survived clustering and is combined: `+` (or `*` if chosen).
     Survivor,
+    /// Stopped answering and outside the majority's intersection: set
+    /// aside, not a falseticker (` `).
+    Stale,
 }
 
-/// The interval `[low, high]` that a majority of correctness intervals
+/// The interval `[low, high]` that a majority of the correctness intervals
 /// share, allowing as few falsetickers as possible; `None` when there is no
 /// majority.
 pub fn intersection(candidates: &[Candidate]) -> Option<(f64, f64)> {
     let n = candidates.len();
-    // Endpoints: (value, kind) with kind -1 = lower end, 0 = midpoint,
-    // +1 = upper end, sorted by value (lower ends first on ties).
-    let mut ends: Vec<(f64, i32)> = Vec::with_capacity(3 * n);
+    // Endpoints: (value, +1 lower end / -1 upper end), sorted by value,
+    // lower ends first on ties (touching intervals share a point).
+    let mut ends: Vec<(f64, i32)> = Vec::with_capacity(2 * n);
     for c in candidates {
         let d = c.root_distance.abs();
-        ends.push((c.offset - d, -1));
-        ends.push((c.offset, 0));
-        ends.push((c.offset + d, 1));
+        ends.push((c.offset - d, 1));
+        ends.push((c.offset + d, -1));
     }
-    ends.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    ends.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
     let mut allow = 0;
     while 2 * allow < n {
         let needed = (n - allow) as i32;
-        let mut found = 0;
-        let mut chime = 0;
-        let mut low = f64::NAN;
-        for &(value, kind) in &ends {
-            chime -= kind;
-            if chime >= needed {
-                low = value;
-                break;
+        let mut depth = 0;
+        let low = ends.iter().find_map(|&(value, kind)| {
+            depth += kind;
+            (depth >= needed).then_some(value)
+        });
+        depth = 0;
+        let high = ends.iter().rev().find_map(|&(value, kind)| {
+            depth -= kind;
+            (depth >= needed).then_some(value)
+        });
+        if let (Some(low), Some(high)) = (low, high) {
+            if low <= high {
+                return Some((low, high));
             }
-            if kind == 0 {
-                found += 1;
-            }
-        }
-        chime = 0;
-        let mut high = f64::NAN;
-        for &(value, kind) in ends.iter().rev() {
-            chime += kind;
-            if chime >= needed {
-                high = value;
-                break;
-            }
-            if kind == 0 {
-                found += 1;
-            }
-        }
-        if found <= allow && low <= high {
-            return Some((low, high));
         }
         allow += 1;
     }
     None
 }
 
+/// The majority's intersection: over all candidates, else (when they have
+/// none) over those still answering.
+fn majority(candidates: &[Candidate]) -> Option<(f64, f64)> {
+    intersection(candidates).or_else(|| {
+        let fresh: Vec<Candidate> = candidates.iter().filter(|c| !c.stale).copied().collect();
+        let some_stale = fresh.len() < candidates.len();
+        if some_stale && !fresh.is_empty() {
+            intersection(&fresh)
+        } else {
+            None
+        }
+    })
+}
+
 /// Runs intersection and clustering; one verdict per candidate, in order.
-/// All falsetickers when there is no majority.
+/// Without a majority every answering candidate is a falseticker.
 pub fn select(candidates: &[Candidate]) -> Vec<Verdict> {
-    let Some((low, high)) = intersection(candidates) else {
-        return vec![Verdict::Falseticker; candidates.len()];
+    let outside = |c: &Candidate| {
+        if c.stale {
+            Verdict::Stale
+        } else {
+            Verdict::Falseticker
+        }
+    };
+    let Some((low, high)) = majority(candidates) else {
+        return candidates.iter().map(outside).collect();
     };
     let mut verdicts: Vec<Verdict> = candidates
         .iter()
@@ -96,7 +122,7 @@ pub fn select(candidates: &[Candidate]) -> Vec<Verdict> {
             let d = c.root_distance.abs();
             // As ntpd: a truechimer's interval overlaps the intersection.
             if c.offset + d < low || c.offset - d > high {
-                Verdict::Falseticker
+                outside(c)
             } else {
                 Verdict::Survivor
             }
@@ -152,6 +178,7 @@ mod tests {
             root_distance,
             jitter: 1e-4,
             stratum: 1,
+            stale: false,
         }
     }
 
@@ -224,5 +251,61 @@ mod tests {
             x.jitter = 0.001;
         }
         assert!(select(&cands).iter().all(|v| *v == Verdict::Survivor));
+    }
+
+    #[test]
+    fn a_wide_interval_is_not_a_falseticker_for_where_its_middle_is() {
+        // An old estimate, honest about its error (±1 ms), centred 8 µs
+        // from a fresh one that is ±5 µs wide: they agree. (RFC 5905's
+        // pseudo-code counts the wide one's midpoint as outside and finds no
+        // majority of two.)
+        let v = select(&[c(-0.000008, 0.001), c(0.0, 0.000005)]);
+        assert_eq!(v, vec![Verdict::Survivor; 2]);
+        // Busy host: one of three good sources is ±3.5 ms wide around
+        // +3 ms; with a real falseticker among four, three still agree.
+        let v = select(&[
+            c(0.003, 0.0035),
+            c(0.0, 0.0004),
+            c(0.00003, 0.0002),
+            c(57.5, 0.00015),
+        ]);
+        assert_eq!(v[3], Verdict::Falseticker);
+        assert!(v[..3].iter().all(|v| *v == Verdict::Survivor), "{v:?}");
+    }
+
+    #[test]
+    fn a_source_that_stopped_answering_never_prevents_a_majority() {
+        let stale = |offset, d| Candidate {
+            stale: true,
+            ..c(offset, d)
+        };
+        // One of two left: the dead one's estimate drifted away.
+        let v = select(&[stale(0.01, 0.001), c(0.0, 0.0001)]);
+        assert_eq!(v, vec![Verdict::Stale, Verdict::Survivor]);
+        // ... or did not: it is still combined.
+        let v = select(&[stale(0.0002, 0.001), c(0.0, 0.0001)]);
+        assert_eq!(v, vec![Verdict::Survivor; 2]);
+        // Two of three.
+        let v = select(&[c(0.0, 0.0001), stale(0.01, 0.001), c(0.00005, 0.0001)]);
+        assert_eq!(
+            v,
+            vec![Verdict::Survivor, Verdict::Stale, Verdict::Survivor]
+        );
+        // It still helps a majority: a live falseticker against a live and
+        // a stale truechimer.
+        let v = select(&[c(1.0, 0.001), c(0.0, 0.001), stale(0.0001, 0.001)]);
+        assert_eq!(
+            v,
+            vec![Verdict::Falseticker, Verdict::Survivor, Verdict::Survivor]
+        );
+        // Answering sources that disagree are falsetickers; the silent one
+        // is set aside.
+        let v = select(&[c(1.0, 0.001), c(0.0, 0.001), stale(0.5, 0.001)]);
+        assert_eq!(
+            v,
+            vec![Verdict::Falseticker, Verdict::Falseticker, Verdict::Stale]
+        );
+        // Only stale sources (all lost a reply): selected as usual.
+        assert_eq!(select(&[stale(0.0, 0.001)]), vec![Verdict::Survivor]);
     }
 }
