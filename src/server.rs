@@ -136,7 +136,7 @@ impl Server {
         let queue_limit = config.server.max_queue_delay();
         let opts = SocketOptions {
             timestamps,
-            receive_queue: QueueBound::initial_bytes(queue_limit),
+            receive_queue: crate::io::queue::MAX_BYTES,
         };
 
         let mut per_worker: Vec<Vec<ListenSocket>> = (0..count).map(|_| Vec::new()).collect();

@@ -3,26 +3,27 @@
 //! A receive queue sized in bytes holds, past capacity, whatever it holds:
 //! 32 MiB of small datagrams is over half a second of work, so under
 //! overload every answered request waited that long, its client had
-//! likely timed out and retried, and the retry added load. The bound here
-//! is in time (`[server] max-queue-delay`):
+//! likely timed out and retried, and the retry added load. Yet a deep queue
+//! is what lets a server ride out a stall (the host taking the core away
+//! for tens of milliseconds) without losing a request. So the queue is
+//! deep while the server keeps up and bounded in *time* while it does not
+//! (`[server] max-queue-delay`):
 //!
-//! - the queue is sized, by feedback, so that a full queue holds about half
-//!   the limit's worth of work: when requests come out older than half the
-//!   limit in two intervals running (overload; a single stall passes), the
-//!   queue shrinks; when the kernel drops datagrams although
-//!   requests come out young (bursts, not overload), it grows. The excess
-//!   of an overload is then dropped by the kernel on arrival, cheaply, and
-//!   what is answered is answered fast;
+//! - sustained overload (requests come out older than the limit in
+//!   [`OVERLOAD_INTERVALS`] intervals running; a stall passes sooner)
+//!   shrinks the queue (by limit / oldest wait, interval by interval) until a full queue holds
+//!   about the limit's worth of work. The excess is then dropped by the
+//!   kernel on arrival, cheaply, and what is answered is answered fast;
+//! - once requests have come out younger than the limit for a second, the
+//!   queue grows back towards [`MAX_BYTES`];
 //! - a request that waited [`STALE_FACTOR`] times the limit or more when
-//!   the worker gets to it is dropped unanswered ([`DropReason::Stale`]).
-//!   With the queue bounded that only happens after a stall (the host took
-//!   the core away, the process was stopped): the queue then holds
-//!   requests whose clients have likely retried, and answering them first
-//!   would delay the fresh ones behind. The margin keeps an ordinary
-//!   scheduling delay on a busy host from costing replies.
+//!   the worker gets to it is dropped unanswered ([`DropReason::Stale`]):
+//!   it waited out a long stall (the process was stopped, the host took the
+//!   core away); its client has likely retried, and answering it first
+//!   would delay the fresh requests behind it.
 //!
-//! Feedback needs receive timestamps; with `timestamping = "none"` the
-//! queue keeps its initial size and nothing is dropped as stale.
+//! Both need receive timestamps; with `timestamping = "none"` the queue
+//! stays deep and nothing is dropped as stale.
 //!
 //! [`DropReason::Stale`]: crate::proto::DropReason::Stale
 
@@ -32,13 +33,6 @@ use crate::proto::UnixTime;
 
 /// Default `[server] max-queue-delay`.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(50);
-/// Receive-queue memory the kernel charges per small datagram on loopback
-/// (skb truesize, measured with `SO_MEMINFO` on kernel 6.18: 832 bytes for
-/// 0–48-byte payloads). Real NICs charge more; the feedback corrects it.
-const BYTES_PER_DATAGRAM: usize = 832;
-/// Requests per second a worker is assumed to handle before feedback has
-/// said otherwise (about one core of this VM).
-const ASSUMED_RATE: f64 = 250_000.0;
 /// Smallest queue asked for (bytes): a few hundred datagrams.
 pub const MIN_BYTES: usize = 256 << 10;
 /// Largest queue asked for (bytes).
@@ -47,8 +41,15 @@ pub const MAX_BYTES: usize = 32 << 20;
 pub const STALE_FACTOR: i64 = 4;
 /// How often the queue size is reconsidered.
 const ADJUST_EVERY_NANOS: i64 = 100_000_000;
-/// Shrink and growth factors of one adjustment.
-const SHRINK: f64 = 0.7;
+/// Intervals in a row with requests older than the limit that make an
+/// overload (a stall passes sooner).
+pub const OVERLOAD_INTERVALS: u32 = 3;
+/// Intervals in a row without such requests before the queue grows back.
+const CALM_INTERVALS: u32 = 10;
+/// Bounds of one shrinking step (the factor is limit / oldest wait).
+const MIN_SHRINK: f64 = 0.25;
+const MAX_SHRINK: f64 = 0.8;
+/// Growth factor of one step back towards [`MAX_BYTES`].
 const GROW: f64 = 1.5;
 
 /// The time bound of one worker's receive queues (the same for each of its
@@ -62,10 +63,9 @@ pub struct QueueBound {
     interval_start: UnixTime,
     /// Oldest request seen this interval, ns.
     oldest_nanos: i64,
-    stale: u64,
-    kernel_drops: Option<u64>,
-    /// The last interval saw requests older than half the limit.
-    was_old: bool,
+    /// Intervals in a row with (positive) or without (negative) requests
+    /// older than the limit.
+    streak: i32,
 }
 
 impl QueueBound {
@@ -75,23 +75,14 @@ impl QueueBound {
         QueueBound {
             limit_nanos,
             stale_nanos: limit_nanos.saturating_mul(STALE_FACTOR),
-            bytes: Self::initial_bytes(limit),
+            bytes: MAX_BYTES,
             interval_start: UnixTime::default(),
             oldest_nanos: 0,
-            stale: 0,
-            kernel_drops: None,
-            was_old: false,
+            streak: 0,
         }
     }
 
-    /// The receive queue to start with: half the limit's worth of requests
-    /// at [`ASSUMED_RATE`], within [`MIN_BYTES`]..=[`MAX_BYTES`].
-    pub fn initial_bytes(limit: Duration) -> usize {
-        let datagrams = ASSUMED_RATE * limit.as_secs_f64() / 2.0;
-        ((datagrams * BYTES_PER_DATAGRAM as f64) as usize).clamp(MIN_BYTES, MAX_BYTES)
-    }
-
-    /// The receive-queue size currently wanted, bytes.
+    /// The receive-queue size currently wanted, bytes (it starts deep).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -105,9 +96,7 @@ impl QueueBound {
         if age > self.oldest_nanos {
             self.oldest_nanos = age;
         }
-        let stale = age > self.stale_nanos;
-        self.stale += stale as u64;
-        stale
+        age > self.stale_nanos
     }
 
     /// Whether an adjustment is due at `now` (call [`Self::adjust`] then).
@@ -118,25 +107,22 @@ impl QueueBound {
         !(0..ADJUST_EVERY_NANOS).contains(&elapsed)
     }
 
-    /// Ends an adjustment interval at `now`; `kernel_drops` is the kernel's
-    /// running count of datagrams dropped on the worker's sockets (queue
-    /// full). Returns the new queue size when it should change.
-    pub fn adjust(&mut self, now: UnixTime, kernel_drops: u64) -> Option<usize> {
-        let dropped = self
-            .kernel_drops
-            .replace(kernel_drops)
-            .is_some_and(|before| kernel_drops > before);
-        let oldest = self.oldest_nanos;
+    /// Ends an adjustment interval at `now`. Returns the new queue size
+    /// when it should change.
+    pub fn adjust(&mut self, now: UnixTime) -> Option<usize> {
+        let oldest = std::mem::take(&mut self.oldest_nanos);
+        let old = oldest > self.limit_nanos;
         self.interval_start = now;
-        self.oldest_nanos = 0;
-        self.stale = 0;
-        // Old requests in two intervals running: overload, not a stall
-        // (a stall passes; shrinking for it would only cost the next burst).
-        let old = oldest > self.limit_nanos / 2;
-        let overloaded = old && std::mem::replace(&mut self.was_old, old);
-        let wanted = if overloaded {
-            (self.bytes as f64 * SHRINK) as usize
-        } else if dropped && oldest < self.limit_nanos / 4 {
+        self.streak = match (old, self.streak) {
+            (true, n) => n.max(0) + 1,
+            (false, n) => n.min(0) - 1,
+        };
+        let wanted = if self.streak >= OVERLOAD_INTERVALS as i32 {
+            // Straight towards the limit's worth: the oldest request waited
+            // about what a full queue holds.
+            let toward = (self.limit_nanos as f64 / oldest as f64).clamp(MIN_SHRINK, MAX_SHRINK);
+            (self.bytes as f64 * toward) as usize
+        } else if self.streak <= -(CALM_INTERVALS as i32) {
             (self.bytes as f64 * GROW) as usize
         } else {
             self.bytes
@@ -161,17 +147,6 @@ mod tests {
     }
 
     #[test]
-    fn the_initial_queue_holds_half_the_limit_of_work_within_bounds() {
-        let b = QueueBound::initial_bytes(DEFAULT_MAX_DELAY);
-        assert_eq!(b, (250_000.0 * 0.025) as usize * BYTES_PER_DATAGRAM);
-        assert_eq!(QueueBound::initial_bytes(Duration::ZERO), MIN_BYTES);
-        assert_eq!(
-            QueueBound::initial_bytes(Duration::from_secs(10)),
-            MAX_BYTES
-        );
-    }
-
-    #[test]
     fn requests_older_than_the_limit_are_stale() {
         let mut q = QueueBound::new(Duration::from_millis(50));
         assert!(!q.is_stale(at(1000), at(1199)));
@@ -181,33 +156,45 @@ mod tests {
     }
 
     #[test]
-    fn overload_shrinks_the_queue_and_bursts_grow_it() {
+    fn sustained_overload_shrinks_the_queue_and_calm_grows_it_back() {
         let mut q = QueueBound::new(Duration::from_millis(50));
-        let start = q.bytes();
+        assert_eq!(q.bytes(), MAX_BYTES, "deep while the server keeps up");
         assert!(q.due(at(0)));
-        assert_eq!(q.adjust(at(0), 0), None, "first interval: nothing known");
-        // A stall: requests come out 40 ms old once. Nothing changes.
-        q.is_stale(at(60), at(100));
-        assert!(!q.due(at(50)));
-        assert!(q.due(at(100)));
-        assert_eq!(q.adjust(at(100), 0), None);
-        // Overload: the next interval's requests come out old too.
-        q.is_stale(at(160), at(199));
-        let shrunk = q.adjust(at(200), 500).expect("shrinks");
-        assert!(shrunk < start);
-        // Young requests and no kernel drops: unchanged.
-        q.is_stale(at(299), at(300));
-        assert_eq!(q.adjust(at(300), 500), None);
-        // Young requests but the kernel dropped some: a burst; grow.
-        q.is_stale(at(399), at(400));
-        let grown = q.adjust(at(400), 900).expect("grows");
-        assert!(grown > shrunk);
-        // Shrinking stops at the floor.
-        for i in 0..100 {
-            let t = 500 + 100 * i;
-            q.is_stale(at(t - 60), at(t));
-            q.adjust(at(t), 900);
+        assert_eq!(q.adjust(at(0)), None);
+        let mut t = 0;
+        let mut interval = |q: &mut QueueBound, age: i64| {
+            t += 100;
+            assert!(!q.due(at(t - 50)));
+            q.is_stale(at(t - age), at(t));
+            assert!(q.due(at(t)));
+            q.adjust(at(t))
+        };
+        // A stall: requests come out 80 ms old in two intervals. Nothing
+        // changes.
+        assert_eq!(interval(&mut q, 80), None);
+        assert_eq!(interval(&mut q, 80), None);
+        assert_eq!(interval(&mut q, 5), None);
+        // Overload: a third old interval in a row shrinks it, and every
+        // further one.
+        interval(&mut q, 80);
+        interval(&mut q, 80);
+        let first = interval(&mut q, 80).expect("shrinks");
+        assert!(first < MAX_BYTES);
+        let second = interval(&mut q, 80).expect("shrinks again");
+        assert!(second < first);
+        // Down to the floor at most.
+        for _ in 0..100 {
+            interval(&mut q, 80);
         }
         assert_eq!(q.bytes(), MIN_BYTES);
+        // Calm for a second: it grows back, to the top.
+        for _ in 0..CALM_INTERVALS - 1 {
+            assert_eq!(interval(&mut q, 5), None);
+        }
+        assert!(interval(&mut q, 5).expect("grows") > MIN_BYTES);
+        for _ in 0..100 {
+            interval(&mut q, 5);
+        }
+        assert_eq!(q.bytes(), MAX_BYTES);
     }
 }

@@ -103,7 +103,7 @@ impl Default for SocketOptions {
     fn default() -> Self {
         SocketOptions {
             timestamps: true,
-            receive_queue: super::queue::QueueBound::initial_bytes(super::queue::DEFAULT_MAX_DELAY),
+            receive_queue: super::queue::MAX_BYTES,
         }
     }
 }
