@@ -257,7 +257,12 @@ impl Worker {
 
     #[cold]
     fn bound_queues(&mut self, sockets: &[ListenSocket]) {
-        if let Some(bytes) = self.queue.adjust(self.batch_now) {
+        let drops = sockets
+            .iter()
+            .filter_map(|s| socket::kernel_drops(&s.socket).ok())
+            .map(u64::from)
+            .sum();
+        if let Some(bytes) = self.queue.adjust(self.batch_now, drops) {
             for s in sockets {
                 // Best effort: a refusal leaves the queue as it was.
                 let _ = socket::set_receive_queue(&s.socket, bytes);
