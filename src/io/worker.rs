@@ -329,8 +329,9 @@ mod tests {
             },
             &mut out
         ));
-        // Waited a second in the queue: dropped as stale, unanswered.
-        let old = stamp.map(|t| UnixTime::new(t.secs - 1, t.nanos));
+        // Waited two seconds in the queue (past a client's timeout):
+        // dropped as stale, unanswered.
+        let old = stamp.map(|t| UnixTime::new(t.secs - 2, t.nanos));
         assert!(!w.handle(
             Datagram {
                 rx_stamp: old,
