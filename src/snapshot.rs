@@ -197,30 +197,49 @@ mod tests {
 
     #[test]
     fn concurrent_readers_never_see_a_torn_state() {
+        use std::sync::atomic::AtomicUsize;
         let (mut publisher, reader) = new(&state(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Readers that have read at least once: the publisher goes on until
+        // both run, so that reads overlap publishes even on a busy host
+        // where a thread may start late.
+        let started = Arc::new(AtomicUsize::new(0));
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let reader = reader.clone();
                 let stop = Arc::clone(&stop);
+                let started = Arc::clone(&started);
                 std::thread::spawn(move || {
                     let mut seen = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
+                    loop {
                         let s = reader.load();
                         let n = s.root_delay.to_bits() as u64;
                         assert_eq!(s, state(n), "torn read");
                         seen += 1;
+                        if seen == 1 {
+                            started.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return seen;
+                        }
                     }
-                    seen
                 })
             })
             .collect();
-        for n in 0..200_000u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut n = 0u64;
+        while started.load(Ordering::Relaxed) < 2 && std::time::Instant::now() < deadline {
             publisher.publish(&state(n));
+            n += 1;
+        }
+        assert_eq!(started.load(Ordering::Relaxed), 2, "readers never ran");
+        for _ in 0..200_000u64 {
+            publisher.publish(&state(n));
+            n += 1;
         }
         stop.store(true, Ordering::Relaxed);
         for r in readers {
-            assert!(r.join().unwrap() > 0);
+            assert!(r.join().expect("reader panicked") > 0);
         }
     }
 }
