@@ -6,7 +6,10 @@
 //! an amplification bug.
 //!
 //! Sending is batched for speed: each call is one `sendmmsg` on one socket
-//! carrying one class (classes and sockets rotate call by call). With UDP
+//! carrying one class: the class furthest behind in datagrams sent, so every
+//! class's share stays within one call of the others' however uneven the
+//! calls (a late thread catches up with full calls); sockets rotate call by
+//! call. With UDP
 //! GSO a message carries up to 64 datagrams of its class (a `UDP_SEGMENT`
 //! control message per message; the kernel cuts them into ordinary
 //! datagrams before any socket sees them); empty datagrams, and every class
@@ -177,8 +180,10 @@ pub struct Flood {
     segs: Box<[usize]>,
     replies: RecvBatch<REPLY_SLOT, 0>,
     drops_base: Vec<u32>,
+    /// Datagrams of each class dealt with in this step (sent, or lost to a
+    /// send error): the class furthest behind goes next.
+    dealt_by_class: Vec<u64>,
     next_socket: usize,
-    next_class: usize,
     linger: Duration,
     r: FloodResult,
 }
@@ -198,6 +203,7 @@ impl Flood {
         };
         Ok(Flood {
             drops_base: vec![0; sockets.len()],
+            dealt_by_class: vec![0; cfg.classes.len()],
             sockets,
             poller,
             classes: cfg
@@ -216,7 +222,6 @@ impl Flood {
             segs: vec![0; CALL_MAX].into_boxed_slice(),
             replies: RecvBatch::new(64),
             next_socket: 0,
-            next_class: 0,
             linger: cfg.linger,
             r: FloodResult::default(),
         })
@@ -231,6 +236,7 @@ impl Flood {
             gso_classes: self.classes.iter().filter(|c| c.per_message > 1).count(),
             ..FloodResult::default()
         };
+        self.dealt_by_class.iter_mut().for_each(|d| *d = 0);
         for (base, s) in self.drops_base.iter_mut().zip(&self.sockets) {
             *base = kernel_drops(s.fd()).unwrap_or(0);
         }
@@ -303,11 +309,11 @@ impl Flood {
         std::mem::take(&mut self.r)
     }
 
-    /// One `sendmmsg` of `k` datagrams of the next class on the next
-    /// socket; returns how many datagrams of the schedule are dealt with
-    /// (0: retry later).
+    /// One `sendmmsg` of `k` datagrams of the class furthest behind on the
+    /// next socket; returns how many datagrams of the schedule are dealt
+    /// with (0: retry later).
     fn send_call(&mut self, k: usize) -> u64 {
-        let ci = self.next_class;
+        let ci = self.next_class();
         let s = self.next_socket;
         let fd = self.sockets[s].fd();
         let messages = self.build(ci, k);
@@ -319,6 +325,7 @@ impl Flood {
                 self.r.messages += sent_msgs as u64;
                 self.r.sent += sent as u64;
                 self.r.sent_by_class[ci] += sent as u64;
+                self.dealt_by_class[ci] += sent as u64;
                 self.advance();
                 sent as u64
             }
@@ -345,6 +352,7 @@ impl Flood {
                 }
                 _ => {
                     self.r.send_errors += k as u64;
+                    self.dealt_by_class[ci] += k as u64;
                     self.advance();
                     k as u64
                 }
@@ -352,8 +360,15 @@ impl Flood {
         }
     }
 
+    /// The class with the fewest datagrams dealt with in this step (the
+    /// first of equals): sending a call of at most [`CALL_MAX`] to it keeps
+    /// the most- and least-sent classes within one call of each other.
+    fn next_class(&self) -> usize {
+        let dealt = &self.dealt_by_class;
+        (0..dealt.len()).min_by_key(|&i| dealt[i]).unwrap_or(0)
+    }
+
     fn advance(&mut self) {
-        self.next_class = (self.next_class + 1) % self.classes.len();
         self.next_socket = (self.next_socket + 1) % self.sockets.len();
     }
 
@@ -540,6 +555,27 @@ mod tests {
             assert_eq!(f.classes[0].per_message, if gso { 46 } else { 1 });
             assert_eq!(f.classes[1].per_message, 1, "empty datagrams never GSO");
         }
+    }
+
+    #[test]
+    fn classes_keep_equal_shares_when_calls_are_uneven() {
+        // A late thread catches up with full calls between small ones; a
+        // call-by-call rotation would hand every full call to one class.
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let classes = vec![JunkClass::Empty, JunkClass::Short, JunkClass::Mode(6)];
+        let mut f = flood_to(&sink, classes, true);
+        f.r.sent_by_class = vec![0; 3];
+        let mut total = 0;
+        for k in [CALL_MAX, 1, 1].repeat(10) {
+            total += f.send_call(k) as usize;
+            let s = &f.r.sent_by_class;
+            let spread = s.iter().max().unwrap() - s.iter().min().unwrap();
+            assert!(spread <= CALL_MAX as u64, "{s:?}");
+        }
+        let s = &f.r.sent_by_class;
+        assert_eq!(s.iter().sum::<u64>() as usize, total);
+        assert!(s.iter().all(|&n| n >= 2 * CALL_MAX as u64), "{s:?}");
+        assert_eq!(drain(&sink, total, Duration::from_secs(5)).len(), total);
     }
 
     #[test]
