@@ -1,5 +1,6 @@
 //! Micro-benchmark of the protocol path: nanoseconds per datagram through
-//! `proto::respond` (validate + parse + build the reply), for the common
+//! `proto::respond` and `proto::stamp_transmit` (validate + parse + build
+//! the reply + stamp it), for the common
 //! request shapes. Each case runs `RUNS` times; the median, min and max of
 //! the per-run averages are printed.
 //!
@@ -10,8 +11,8 @@ use std::time::Instant;
 
 use fastntp::clock;
 use fastntp::proto::{
-    respond, Correction, LeapIndicator, NtpShort, NtpTimestamp, RefId, ServerState, UnixTime,
-    HEADER_LEN,
+    respond, stamp_transmit, Correction, LeapIndicator, NtpShort, NtpTimestamp, RefId, ServerState,
+    UnixTime, Verdict, HEADER_LEN,
 };
 
 const RUNS: usize = 9;
@@ -69,23 +70,11 @@ fn bench(name: &str, iterations: u32, req: &[u8], state: &ServerState, real_cloc
     for _ in 0..RUNS {
         let start = Instant::now();
         for _ in 0..iterations {
-            let verdict = if real_clock {
-                respond(
-                    black_box(req),
-                    black_box(rx),
-                    black_box(state),
-                    clock::now,
-                    &mut out,
-                )
-            } else {
-                respond(
-                    black_box(req),
-                    black_box(rx),
-                    black_box(state),
-                    || black_box(tx),
-                    &mut out,
-                )
-            };
+            let verdict = respond(black_box(req), black_box(rx), black_box(state), &mut out);
+            if verdict == Verdict::Reply {
+                let transmit = if real_clock { clock::now() } else { tx };
+                stamp_transmit(&mut out, black_box(state), black_box(transmit));
+            }
             black_box((verdict, &out));
         }
         per_run.push(start.elapsed().as_nanos() as f64 / iterations as f64);

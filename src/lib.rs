@@ -9,12 +9,14 @@
 //! ```
 //!
 //! Dependencies point one way: binaries → [`server`] → [`io`] /
-//! [`discipline`] → [`snapshot`] → [`proto`].
+//! [`discipline`] → [`sys`] / [`snapshot`] → [`proto`].
 //!
 //! - [`proto`]: the sans-IO protocol core (time formats, packet codec, the
 //!   reply pipeline, [`proto::ServerState`]).
 //! - [`snapshot`]: the single-writer lock-free cell that publishes the state.
-//! - [`io`]: sockets, control messages, counters and the worker backends.
+//! - [`io`]: listen sockets, counters, the worker and its two backends.
+//! - [`sys`]: what `io` and `discipline` share below them: control
+//!   messages, socket options, transmit timestamps, C buffers, pinning.
 //! - [`clock`]: reading the host clock (never steering it).
 //! - [`config`]: the TOML configuration.
 //! - [`files`]: size-bounded reads of the files an operator names.
@@ -32,3 +34,4 @@ pub mod io;
 pub mod proto;
 pub mod server;
 pub mod snapshot;
+pub mod sys;

@@ -21,6 +21,8 @@ use crate::io::socket::{self, ListenSocket, SocketError, SocketOptions};
 use crate::io::worker::Worker;
 use crate::io::{self as io_backend, select_backend, Backend, BackendError};
 use crate::snapshot;
+use crate::sys::cpu;
+use crate::sys::socket::kernel_drops;
 
 /// How often the statistics line is logged.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(60);
@@ -89,7 +91,7 @@ fn worker_counters(shared: &SharedCounters, sockets: &[std::net::UdpSocket]) -> 
     let mut c = shared.load();
     c.kernel_drops = sockets
         .iter()
-        .filter_map(|s| socket::kernel_drops(s).ok())
+        .filter_map(|s| kernel_drops(s).ok())
         .map(u64::from)
         .sum();
     c
@@ -121,7 +123,7 @@ impl Server {
         if let Some(note) = note {
             warn!("{note}");
         }
-        let cores = socket::usable_cores();
+        let cores = cpu::usable_cores();
         let count = worker_count(config.server.workers, &cores);
         if count > cores.len().max(1) {
             warn!(
@@ -188,7 +190,7 @@ impl Server {
                 .name(format!("fastntp-w{id}"))
                 .spawn(move || {
                     if let Some(core) = core {
-                        if !socket::pin_current_thread(core) {
+                        if !cpu::pin_current_thread(core) {
                             warn!("worker {id}: cannot pin to core {core}; running unpinned");
                         }
                     }

@@ -116,7 +116,7 @@ fn an_idle_server_uses_no_cpu_after_a_load_burst() {
 /// Puts a kernel transmit timestamp on the error queue of `sock`, the way a
 /// probed reply whose stamp came too late leaves one.
 fn leave_a_tx_timestamp(sock: &fastntp::io::socket::ListenSocket) {
-    use fastntp::io::cmsg::{append_tx_timestamp_request, SEND_CONTROL_LEN};
+    use fastntp::sys::cmsg::{append_tx_timestamp_request, SEND_CONTROL_LEN};
     #[repr(C, align(8))]
     struct Control([u8; SEND_CONTROL_LEN]);
     let mut control = Control([0; SEND_CONTROL_LEN]);
@@ -348,7 +348,7 @@ fn wait_until_stopped(pid: u32) {
 
 /// Usable cores, as the server will see them (it inherits our affinity).
 fn usable_cores() -> usize {
-    fastntp::io::socket::usable_cores().len().max(1)
+    fastntp::sys::cpu::usable_cores().len().max(1)
 }
 
 #[test]

@@ -292,7 +292,7 @@ fn bad_input_is_dropped_counted_and_never_stops_service(io: Io) {
 }
 
 fn two_workers_share_the_traffic_each_on_its_own_core(io: Io) {
-    let cores = fastntp::io::socket::usable_cores();
+    let cores = fastntp::sys::cpu::usable_cores();
     if cores.len() < 2 {
         eprintln!("SKIPPED: needs 2 usable cores, have {}", cores.len());
         return;

@@ -335,7 +335,7 @@ mod tests {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.connect(server.local_addr().unwrap()).unwrap();
-        fastntp::io::socket::setsockopt_int(
+        fastntp::sys::socket::setsockopt_int(
             client.as_raw_fd(),
             libc::SOL_UDP,
             libc::UDP_SEGMENT,

@@ -11,8 +11,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
-use fastntp::io::socket::setsockopt_int;
 use fastntp::proto::HEADER_LEN;
+use fastntp::sys::socket::setsockopt_int;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::args::SourceRange;

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fastntp::clock;
-use fastntp::io::cmsg::{self, ERRQUEUE_CONTROL_LEN, RECV_CONTROL_LEN};
 use fastntp::proto::{Header, NtpTimestamp, UnixTime, HEADER_LEN};
+use fastntp::sys::cmsg::{self, ERRQUEUE_CONTROL_LEN, RECV_CONTROL_LEN};
 
 use crate::batch::{PeerName, RecvBatch, SendBatch, RECV_SLOT};
 use crate::clients::{kernel_drops, ClientSocket};

@@ -512,7 +512,7 @@ mod tests {
     /// the host is doing (forced when root, else up to `rmem_max`).
     fn deepen(sink: &UdpSocket) {
         let fd = std::os::fd::AsRawFd::as_raw_fd(sink);
-        let set = |opt| fastntp::io::socket::setsockopt_int(fd, libc::SOL_SOCKET, opt, 32 << 20);
+        let set = |opt| fastntp::sys::socket::setsockopt_int(fd, libc::SOL_SOCKET, opt, 32 << 20);
         if set(libc::SO_RCVBUFFORCE).is_err() {
             let _ = set(libc::SO_RCVBUF);
         }

@@ -51,7 +51,7 @@ fn check_output(flag: &'static str, path: Option<&Path>) -> Result<(), ArgError>
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
-    let usable = fastntp::io::socket::usable_cores();
+    let usable = fastntp::sys::cpu::usable_cores();
     let plan = Plan::from_cli(cli, &usable)?;
     check_output("--json", plan.json.as_deref())?;
     check_output("--plot", plan.plot.as_deref())?;

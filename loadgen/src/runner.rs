@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fastntp::io::socket::pin_current_thread;
+use fastntp::sys::cpu::pin_current_thread;
 
 use crate::args::{Mode, Plan};
 use crate::clients::{self, BufferInfo, ClientSetup, ClientSocket};

@@ -11,9 +11,10 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use crate::clock;
-use crate::io::cmsg;
-use crate::io::socket::{recv_with_control, setsockopt_int, take_tx_timestamp, ControlBuf};
 use crate::proto::{NtpTimestamp, UnixTime};
+use crate::sys::cmsg::{self, AnyControl};
+use crate::sys::socket::{recv_with_control, setsockopt_int};
+use crate::sys::txstamp::take_tx_timestamp;
 
 /// Largest datagram read from an upstream (anything longer is not a reply
 /// we want, but reading it whole keeps the socket clean).
@@ -73,7 +74,7 @@ impl Pending {
     /// time (a clock read stands in for a missing stamp). `Ok(None)` when
     /// nothing is queued.
     pub fn recv(&self, buf: &mut [u8; MAX_REPLY]) -> io::Result<Option<(usize, UnixTime)>> {
-        let mut control = ControlBuf::default();
+        let mut control = AnyControl::default();
         let Some((n, bytes)) = recv_with_control(self.fd(), buf, &mut control, libc::MSG_DONTWAIT)?
         else {
             return Ok(None);

@@ -1,19 +1,22 @@
 //! The portable backend: `poll` to wait, then per ready socket a
-//! `recvmmsg` batch in, [`Worker::handle`] per datagram, and one `sendmmsg`
-//! batch out. Every buffer is allocated once per worker; the per-packet path
-//! only resets a few header fields.
+//! `recvmmsg` batch in, lent to [`Worker::serve_batch`] (see [`Batch`]),
+//! whose replies go out with `sendmmsg` chunk by chunk. Every buffer is
+//! allocated once per worker; the per-packet path only resets a few header
+//! fields.
 
 use std::io;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::cmsg::{self, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::errors::{self, Backoff, ErrorAction};
-use super::socket::{self, ListenSocket};
-use super::txtime::{ProbeKeys, SEND_CHUNK};
-use super::worker::{Datagram, Worker};
-use crate::clock;
-use crate::proto::HEADER_LEN;
+use super::socket::ListenSocket;
+use super::txtime::Departures;
+use super::worker::{Batch, Datagram, Sent, Worker};
+use crate::proto::{UnixTime, HEADER_LEN};
+use crate::sys::buffers::zeroed_slice;
+use crate::sys::cmsg::{self, ControlBuf, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use crate::sys::txstamp::{self, ProbeKeys};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 64;
@@ -26,63 +29,41 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Batches read from one socket before looking at the others.
 const ROUNDS_PER_SOCKET: usize = 8;
 
-#[repr(C, align(8))]
-struct RecvControl([u8; RECV_CONTROL_LEN]);
-
-#[repr(C, align(8))]
-struct SendControl([u8; SEND_CONTROL_LEN]);
-
-/// What [`MmsgBatch::send`] did.
-#[derive(Clone, Copy, Debug, Default)]
-struct Sent {
-    /// Replies handed to the kernel.
-    sent: u64,
-    /// Replies that could not be sent.
-    failed: u64,
-    /// The last error.
-    errno: i32,
-}
-
 /// The buffers and message headers of one worker. The headers point into
 /// the boxed buffers, which never move; the raw pointers also make this
 /// type `!Send`, so it lives and dies on its worker thread.
 pub(super) struct MmsgBatch {
     payload: Box<[[u8; RECV_SLOT]]>,
     names: Box<[libc::sockaddr_storage]>,
-    recv_control: Box<[RecvControl]>,
+    recv_control: Box<[ControlBuf<RECV_CONTROL_LEN>]>,
     recv_iov: Box<[libc::iovec]>,
     recv_hdr: Box<[libc::mmsghdr]>,
     /// Headers the last `recvmmsg` filled, to be reset before the next.
     recv_used: usize,
     replies: Box<[[u8; HEADER_LEN]]>,
-    send_control: Box<[SendControl]>,
+    send_control: Box<[ControlBuf<SEND_CONTROL_LEN>]>,
     send_iov: Box<[libc::iovec]>,
     send_hdr: Box<[libc::mmsghdr]>,
-}
-
-fn zeroed_slice<T>(n: usize) -> Box<[T]> {
-    // SAFETY: only used for C structs (sockaddr_storage, iovec, mmsghdr)
-    // for which all-zero bytes are a valid value.
-    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
 }
 
 impl MmsgBatch {
     pub(super) fn new() -> Self {
         let mut b = MmsgBatch {
             payload: vec![[0u8; RECV_SLOT]; BATCH].into_boxed_slice(),
-            names: zeroed_slice(BATCH),
-            recv_control: (0..BATCH)
-                .map(|_| RecvControl([0; RECV_CONTROL_LEN]))
-                .collect(),
-            recv_iov: zeroed_slice(BATCH),
-            recv_hdr: zeroed_slice(BATCH),
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            names: unsafe { zeroed_slice(BATCH) },
+            recv_control: vec![ControlBuf::default(); BATCH].into_boxed_slice(),
+            // SAFETY: all-zero is a valid iovec.
+            recv_iov: unsafe { zeroed_slice(BATCH) },
+            // SAFETY: all-zero is a valid mmsghdr.
+            recv_hdr: unsafe { zeroed_slice(BATCH) },
             recv_used: BATCH,
             replies: vec![[0u8; HEADER_LEN]; BATCH].into_boxed_slice(),
-            send_control: (0..BATCH)
-                .map(|_| SendControl([0; SEND_CONTROL_LEN]))
-                .collect(),
-            send_iov: zeroed_slice(BATCH),
-            send_hdr: zeroed_slice(BATCH),
+            send_control: vec![ControlBuf::default(); BATCH].into_boxed_slice(),
+            // SAFETY: all-zero is a valid iovec.
+            send_iov: unsafe { zeroed_slice(BATCH) },
+            // SAFETY: all-zero is a valid mmsghdr.
+            send_hdr: unsafe { zeroed_slice(BATCH) },
         };
         for i in 0..BATCH {
             b.recv_iov[i] = libc::iovec {
@@ -132,38 +113,6 @@ impl MmsgBatch {
         Ok(n as usize)
     }
 
-    /// Runs `answer` on each of the `n` received datagrams; each reply it
-    /// writes is queued to go back to the sender (from the request's
-    /// destination address when `wildcard`). Returns the replies queued.
-    fn answer_all(
-        &mut self,
-        n: usize,
-        wildcard: bool,
-        mut answer: impl FnMut(Datagram<'_>, &mut [u8; HEADER_LEN]) -> bool,
-    ) -> usize {
-        let mut queued = 0;
-        for i in 0..n {
-            let h = &self.recv_hdr[i];
-            // msg_controllen is size_t on glibc but socklen_t on musl.
-            #[allow(clippy::unnecessary_cast)]
-            let control_len = (h.msg_hdr.msg_controllen as usize).min(RECV_CONTROL_LEN);
-            let info = cmsg::parse(&self.recv_control[i].0[..control_len]);
-            let len = (h.msg_len as usize).min(RECV_SLOT);
-            let dgram = Datagram {
-                payload: &self.payload[i][..len],
-                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-                rx_stamp: info.rx_stamp,
-            };
-            if !answer(dgram, &mut self.replies[queued]) {
-                continue;
-            }
-            let source = if wildcard { info.local } else { None };
-            self.queue(queued, i, source.as_ref());
-            queued += 1;
-        }
-        queued
-    }
-
     /// Addresses reply slot `slot` to the sender of received datagram `from`.
     fn queue(&mut self, slot: usize, from: usize, source: Option<&LocalAddr>) {
         let namelen = self.recv_hdr[from].msg_hdr.msg_namelen;
@@ -180,13 +129,14 @@ impl MmsgBatch {
         s.msg_controllen = control_len as _;
     }
 
-    /// Sends queued replies `range`; says how many went out, how many
-    /// failed and the last error. A failure of one reply (e.g. a firewall
-    /// refusing one destination) skips just that reply; a full send buffer
-    /// fails the rest.
-    fn send(&mut self, fd: i32, range: std::ops::Range<usize>) -> Sent {
+    /// Sends queued replies `range`; says how many failed (and the last
+    /// error) and how many went out. A failure of one reply (e.g. a
+    /// firewall refusing one destination) skips just that reply; a full
+    /// send buffer fails the rest.
+    fn send(&mut self, fd: i32, range: Range<usize>) -> (Sent, usize) {
         let (mut done, count) = (range.start, range.end);
         let mut sent = Sent::default();
+        let mut went = 0;
         while done < count {
             // SAFETY: headers `done..count` were filled by `queue` and point
             // at buffers owned by `self` (names stay valid until the next
@@ -201,7 +151,7 @@ impl MmsgBatch {
             };
             if rc > 0 {
                 done += rc as usize;
-                sent.sent += rc as u64;
+                went += rc as usize;
                 continue;
             }
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -218,7 +168,7 @@ impl MmsgBatch {
                 }
             }
         }
-        sent
+        (sent, went)
     }
 }
 
@@ -305,7 +255,7 @@ pub fn serve(worker: &mut Worker, sockets: &[ListenSocket], stop: &AtomicBool) -
                 // A transmit timestamp that came after its probe was given
                 // up (or an error report): read it, or `poll` keeps saying
                 // POLLERR and the worker spins.
-                socket::drain_probe_timestamps(sock.fd(), &mut st.keys);
+                txstamp::drain_probe_timestamps(sock.fd(), &mut st.keys);
             }
             if pfd.revents & libc::POLLIN == 0 {
                 continue;
@@ -362,12 +312,10 @@ fn poll_timeout(
 }
 
 impl MmsgBatch {
-    /// One batch from `sock`: reads up to [`BATCH`] datagrams, answers them
-    /// through `worker`, and sends the replies in chunks, each stamped
-    /// just before it goes (see [`super::txtime`]). With `keys`, a chunk
-    /// now and then goes out with kernel transmit timestamps on (the sweeps
-    /// of the io_uring backend pass `None`: its own probes may be in
-    /// flight).
+    /// One batch from `sock`: reads up to [`BATCH`] datagrams and lends
+    /// them to `worker` (see [`Received`]). With `keys`, a chunk now and
+    /// then goes out with kernel transmit timestamps on (the sweeps of the
+    /// io_uring backend pass `None`: its own probes may be in flight).
     /// `all` are the worker's sockets (their receive queues are bounded
     /// together). Returns how many datagrams were read, or the receive's
     /// errno (`EAGAIN` is 0 datagrams, not an error).
@@ -375,7 +323,7 @@ impl MmsgBatch {
         &mut self,
         worker: &mut Worker,
         sock: &ListenSocket,
-        mut keys: Option<&mut ProbeKeys>,
+        keys: Option<&mut ProbeKeys>,
         all: &[ListenSocket],
     ) -> Result<usize, i32> {
         let n = match self.recv(sock.fd()) {
@@ -387,38 +335,108 @@ impl MmsgBatch {
                 }
             }
         };
-        if n == 0 {
-            return Ok(0);
+        if n > 0 {
+            worker.serve_batch(&mut Received {
+                buffers: self,
+                sock,
+                keys,
+                all,
+                n,
+                kept: 0,
+                local: None,
+                probe: None,
+                departures: None,
+            });
         }
-        worker.begin_batch();
-        let queued = self.answer_all(n, sock.wildcard, |dgram, reply| worker.handle(dgram, reply));
-        let chunk = worker.send_chunk(queued);
-        let mut start = 0;
-        while start < queued {
-            let end = (start + chunk).min(queued);
-            // A probed chunk goes out with transmit stamps on (see txtime).
-            let probe = keys.is_some() && worker.tx_probe_due();
-            let probing = probe && socket::set_tx_stamping(sock.fd(), true).is_ok();
-            let t0 = clock::now();
-            for (position, reply) in self.replies[start..end].iter_mut().enumerate() {
-                worker.stamp_transmit(reply, t0, position);
-            }
-            let sent = self.send(sock.fd(), start..end);
-            worker.note_send_failures(sent.failed, sent.errno);
-            if let (true, Some(keys)) = (probing, keys.as_deref_mut()) {
-                let _ = socket::set_tx_stamping(sock.fd(), false);
-                let first = keys.next();
-                keys.sent(sent.sent as usize);
-                let mut departed = [None; SEND_CHUNK];
-                let departed = &mut departed[..(end - start).min(SEND_CHUNK)];
-                socket::take_probe_timestamps(sock.fd(), keys, first, departed);
-                if sent.failed == 0 {
-                    worker.observe_departures(t0, departed);
-                }
-            }
-            start = end;
-        }
-        worker.end_batch(all);
         Ok(n)
+    }
+}
+
+/// One `recvmmsg` batch from one socket, as the worker sees it: request
+/// `i` is received slot `i`, kept reply `k` is reply slot `k`, and each
+/// chunk goes out with one `sendmmsg` (a probed one with transmit stamps
+/// switched on around it, read back at once).
+struct Received<'a> {
+    buffers: &'a mut MmsgBatch,
+    sock: &'a ListenSocket,
+    keys: Option<&'a mut ProbeKeys>,
+    all: &'a [ListenSocket],
+    /// Datagrams received.
+    n: usize,
+    /// Replies kept so far.
+    kept: usize,
+    /// Where the request just handed out was sent to (wildcard sockets).
+    local: Option<LocalAddr>,
+    /// The `OPT_ID` number of the probed chunk's first reply, while
+    /// transmit stamps are on for it.
+    probe: Option<u32>,
+    departures: Option<Departures>,
+}
+
+impl Batch for Received<'_> {
+    fn received(&self) -> usize {
+        self.n
+    }
+
+    fn request(&mut self, i: usize) -> (Datagram<'_>, &mut [u8; HEADER_LEN]) {
+        let b = &mut *self.buffers;
+        let h = &b.recv_hdr[i];
+        // msg_controllen is size_t on glibc but socklen_t on musl.
+        #[allow(clippy::unnecessary_cast)]
+        let control_len = (h.msg_hdr.msg_controllen as usize).min(RECV_CONTROL_LEN);
+        let info = cmsg::parse(&b.recv_control[i].0[..control_len]);
+        self.local = if self.sock.wildcard { info.local } else { None };
+        let len = (h.msg_len as usize).min(RECV_SLOT);
+        let dgram = Datagram {
+            payload: &b.payload[i][..len],
+            truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            rx_stamp: info.rx_stamp,
+        };
+        (dgram, &mut b.replies[self.kept])
+    }
+
+    fn keep(&mut self, i: usize) -> Result<(), i32> {
+        let local = self.local;
+        self.buffers.queue(self.kept, i, local.as_ref());
+        self.kept += 1;
+        Ok(())
+    }
+
+    fn reply(&mut self, k: usize) -> &mut [u8; HEADER_LEN] {
+        &mut self.buffers.replies[k]
+    }
+
+    fn probe(&mut self, _chunk: Range<usize>) -> bool {
+        let Some(keys) = self.keys.as_deref() else {
+            return false;
+        };
+        if txstamp::set_tx_stamping(self.sock.fd(), true).is_err() {
+            return false;
+        }
+        self.probe = Some(keys.next());
+        true
+    }
+
+    fn send(&mut self, chunk: Range<usize>, t0: UnixTime) -> Sent {
+        let len = chunk.len();
+        let (sent, sent_ok) = self.buffers.send(self.sock.fd(), chunk);
+        if let (Some(first), Some(keys)) = (self.probe.take(), self.keys.as_deref_mut()) {
+            let _ = txstamp::set_tx_stamping(self.sock.fd(), false);
+            keys.sent(sent_ok);
+            let mut d = Departures::new(t0, len);
+            txstamp::take_probe_timestamps(self.sock.fd(), keys, first, d.stamps_mut());
+            if sent.failed == 0 {
+                self.departures = Some(d);
+            }
+        }
+        sent
+    }
+
+    fn departures(&mut self) -> Option<Departures> {
+        self.departures.take()
+    }
+
+    fn sockets(&self) -> &[ListenSocket] {
+        self.all
     }
 }

@@ -1,5 +1,5 @@
 //! Moving datagrams between the network and [`worker::Worker`]: listening
-//! sockets ([`socket`]), control messages ([`cmsg`]), per-worker counters
+//! sockets ([`socket`]), per-worker counters
 //! ([`counters`]), transmit-time prediction for batches ([`txtime`]), the
 //! time bound of receive queues ([`queue`]), what to do when the kernel
 //! refuses ([`errors`]), and the two I/O backends that drive a worker
@@ -7,7 +7,6 @@
 //! the fast path) and [`mmsg`] (recvmmsg/sendmmsg, the portable fallback).
 //! [`serve`] runs a worker on the chosen one.
 
-pub mod cmsg;
 pub mod counters;
 pub mod errors;
 pub mod mmsg;

@@ -1,8 +1,8 @@
-//! Listening sockets and thread placement: one `SO_REUSEPORT` socket per
-//! worker and listen address (the kernel spreads clients over them by
-//! hash), each with kernel receive timestamps, packet info when bound to a
-//! wildcard address and large buffers; and reading the kernel's drop count. Bind failures are
-//! turned into messages that tell an operator what to change.
+//! Listening sockets: one `SO_REUSEPORT` socket per worker and listen
+//! address (the kernel spreads clients over them by hash), each with kernel
+//! receive timestamps, packet info when bound to a wildcard address and
+//! large buffers. Bind failures are turned into messages that tell an
+//! operator what to change.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::txtime::ProbeKeys;
-use crate::proto::UnixTime;
+use crate::sys::socket::{set_buffer, setsockopt_int};
+use crate::sys::txstamp::set_tx_stamping;
 
 /// Send buffer asked for.
 const SEND_BUFFER: usize = 1 << 20;
@@ -230,221 +230,6 @@ fn bind_error(addr: SocketAddr, e: io::Error) -> SocketError {
     }
 }
 
-/// Sets the receive queue of `socket` to `bytes` of kernel memory (the
-/// kernel doubles what it is given, so half is asked for), past
-/// `net.core.rmem_max` where the process has `CAP_NET_ADMIN`.
-pub fn set_receive_queue(socket: &UdpSocket, bytes: usize) -> io::Result<()> {
-    set_buffer(socket.as_raw_fd(), libc::SO_RCVBUFFORCE, bytes / 2)
-}
-
-/// Sets a buffer size, forcing past `rmem_max`/`wmem_max` when privileged.
-fn set_buffer(fd: RawFd, force_opt: libc::c_int, size: usize) -> io::Result<()> {
-    let size = size.min(i32::MAX as usize) as i32;
-    if setsockopt_int(fd, libc::SOL_SOCKET, force_opt, size).is_ok() {
-        return Ok(());
-    }
-    let plain = if force_opt == libc::SO_RCVBUFFORCE {
-        libc::SO_RCVBUF
-    } else {
-        libc::SO_SNDBUF
-    };
-    setsockopt_int(fd, libc::SOL_SOCKET, plain, size)
-}
-
-/// `setsockopt` with an `int` value.
-pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: `value` is a live c_int for the duration of the call and the
-    // length passed is its size; the kernel validates `fd`, level and name.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// A control-message buffer for [`recv_with_control`]: room for everything
-/// this crate asks the kernel for on one datagram or one error-queue
-/// message, aligned as the kernel's `cmsghdr`s.
-#[repr(C, align(8))]
-pub struct ControlBuf(pub [u8; CONTROL_BUF_LEN]);
-
-const CONTROL_BUF_LEN: usize = if super::cmsg::RECV_CONTROL_LEN > super::cmsg::ERRQUEUE_CONTROL_LEN
-{
-    super::cmsg::RECV_CONTROL_LEN
-} else {
-    super::cmsg::ERRQUEUE_CONTROL_LEN
-};
-
-impl Default for ControlBuf {
-    fn default() -> Self {
-        ControlBuf([0; CONTROL_BUF_LEN])
-    }
-}
-
-/// One `recvmsg` on `fd` with `flags` (`MSG_DONTWAIT` for non-blocking):
-/// the payload goes to `data`, the control messages to `control`. Returns
-/// the payload length and the control bytes, or `Ok(None)` when nothing is
-/// queued (`EAGAIN`).
-pub fn recv_with_control<'c>(
-    fd: RawFd,
-    data: &mut [u8],
-    control: &'c mut ControlBuf,
-    flags: i32,
-) -> io::Result<Option<(usize, &'c [u8])>> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.0.as_mut_ptr().cast();
-    msg.msg_controllen = control.0.len() as _;
-    // SAFETY: `msg` points at `iov` (over `data`) and `control`, both
-    // exclusively borrowed for the call, with their true lengths; the
-    // kernel writes only within them.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.kind() {
-            io::ErrorKind::WouldBlock => Ok(None),
-            _ => Err(e),
-        };
-    }
-    // msg_controllen is size_t on glibc but socklen_t on musl.
-    #[allow(clippy::unnecessary_cast)]
-    let len = (msg.msg_controllen as usize).min(control.0.len());
-    Ok(Some((n as usize, &control.0[..len])))
-}
-
-/// Timestamping of a listen socket: software receive stamps on every
-/// datagram; transmit stamps (when switched on, see [`set_tx_stamping`])
-/// returned without the packet and numbered (see [`ProbeKeys`]).
-const STAMPING: u32 = libc::SOF_TIMESTAMPING_RX_SOFTWARE
-    | libc::SOF_TIMESTAMPING_SOFTWARE
-    | libc::SOF_TIMESTAMPING_OPT_TSONLY
-    | libc::SOF_TIMESTAMPING_OPT_ID;
-
-/// Switches software transmit timestamps of every datagram `fd` sends on
-/// or off (receive stamps stay on): on for the one chunk of replies a
-/// worker probes now and then (see [`super::txtime`]).
-pub fn set_tx_stamping(fd: RawFd, on: bool) -> io::Result<()> {
-    let flags = if on {
-        STAMPING | libc::SOF_TIMESTAMPING_TX_SOFTWARE
-    } else {
-        STAMPING
-    };
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32)
-}
-
-/// Most error-queue messages read at once (transmit timestamps come one
-/// per probe, and ICMP errors only if asked for; more than this means a
-/// backlog that the next call drains further).
-const ERRQUEUE_BATCH: usize = 64;
-
-/// Drains the error queue of `fd` without blocking (so that nothing left
-/// there keeps waking `poll`) and puts the kernel transmit timestamps of
-/// the probed chunk whose first reply was numbered `first` into
-/// `departed` (one slot per reply of the chunk; see [`ProbeKeys`]); every
-/// other stamp is read and discarded.
-pub fn take_probe_timestamps(
-    fd: RawFd,
-    keys: &mut ProbeKeys,
-    first: u32,
-    departed: &mut [Option<UnixTime>],
-) {
-    departed.fill(None);
-    let len = departed.len();
-    drain_error_queue(fd, |tx| {
-        if let Some(position) = keys.observed(tx.id, first, len) {
-            departed[position] = Some(tx.stamp);
-        }
-    });
-}
-
-/// Drains the error queue of `fd` without blocking, keeping `keys` in step
-/// with the stamps found there (no chunk is waiting for them).
-pub fn drain_probe_timestamps(fd: RawFd, keys: &mut ProbeKeys) {
-    take_probe_timestamps(fd, keys, keys.next(), &mut []);
-}
-
-/// Drains the error queue of `fd` without blocking and returns the last
-/// kernel transmit timestamp found there: for a socket that sent one
-/// datagram asking for one (an upstream request).
-pub fn take_tx_timestamp(fd: RawFd) -> Option<UnixTime> {
-    let mut stamp = None;
-    drain_error_queue(fd, |tx| stamp = Some(tx.stamp));
-    stamp
-}
-
-/// Reads up to [`ERRQUEUE_BATCH`] error-queue messages of `fd` without
-/// blocking and hands each transmit timestamp among them to `stamp`.
-fn drain_error_queue(fd: RawFd, mut stamp: impl FnMut(super::cmsg::TxTimestamp)) {
-    let mut data = [0u8; 64];
-    let mut control = ControlBuf::default();
-    for _ in 0..ERRQUEUE_BATCH {
-        let flags = libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT;
-        let Ok(Some((_, bytes))) = recv_with_control(fd, &mut data, &mut control, flags) else {
-            break;
-        };
-        if let Some(tx) = super::cmsg::parse_tx_timestamp(bytes) {
-            stamp(tx);
-        }
-    }
-}
-
-/// Index of the drop count in `SO_MEMINFO`'s array (`SK_MEMINFO_DROPS`).
-const SK_MEMINFO_DROPS: usize = 8;
-/// Entries of `SO_MEMINFO`'s array (`SK_MEMINFO_VARS`) on current kernels.
-const SK_MEMINFO_VARS: usize = 9;
-
-/// The kernel's count of datagrams dropped on `socket` (receive queue
-/// full), read with `SO_MEMINFO`; cheap enough to poll every second.
-pub fn kernel_drops(socket: &UdpSocket) -> io::Result<u32> {
-    let mut info = [0u32; SK_MEMINFO_VARS];
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes and `len` is a valid
-    // in/out length; the kernel writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MEMINFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if (len as usize) < (SK_MEMINFO_DROPS + 1) * 4 {
-        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-    }
-    Ok(info[SK_MEMINFO_DROPS])
-}
-
-/// The cores this process may run on, in order.
-pub fn usable_cores() -> Vec<usize> {
-    core_affinity::get_core_ids()
-        .map(|ids| ids.into_iter().map(|c| c.id).collect())
-        .unwrap_or_default()
-}
-
-/// Pins the calling thread to `core`; false if the OS refused.
-pub fn pin_current_thread(core: usize) -> bool {
-    core_affinity::set_for_current(core_affinity::CoreId { id: core })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,65 +309,6 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, SocketError::AddressInUse { .. }), "{err}");
         assert!(err.to_string().contains("[server] listen"));
-    }
-
-    #[test]
-    fn kernel_drops_count_datagrams_the_queue_could_not_hold() {
-        let group = bind_group(
-            "127.0.0.1:0".parse().unwrap(),
-            1,
-            SocketOptions {
-                timestamps: false,
-                ..SocketOptions::default()
-            },
-        )
-        .unwrap();
-        let sock = &group[0];
-        assert_eq!(kernel_drops(&sock.socket).unwrap(), 0);
-        // Shrink the queue, then overfill it.
-        setsockopt_int(sock.fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 1).unwrap();
-        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-        for _ in 0..200 {
-            client.send_to(&[0u8; 512], sock.local).unwrap();
-        }
-        assert!(kernel_drops(&sock.socket).unwrap() > 100);
-    }
-
-    #[test]
-    fn requested_transmit_timestamps_come_back() {
-        let group =
-            bind_group("127.0.0.1:0".parse().unwrap(), 1, SocketOptions::default()).unwrap();
-        let sock = &group[0];
-        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut control = [0u8; super::super::cmsg::SEND_CONTROL_LEN];
-        let len = super::super::cmsg::append_tx_timestamp_request(&mut control, 0);
-        let before = crate::clock::now();
-        let dest: socket2::SockAddr = peer.local_addr().unwrap().into();
-        let payload = [7u8; 48];
-        let mut iov = libc::iovec {
-            iov_base: payload.as_ptr() as *mut _,
-            iov_len: payload.len(),
-        };
-        // SAFETY: all-zero is a valid msghdr; pointers set below outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = dest.as_ptr() as *mut _;
-        msg.msg_namelen = dest.len();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = len as _;
-        for _ in 0..3 {
-            // SAFETY: `msg` describes buffers of this frame.
-            assert_eq!(unsafe { libc::sendmsg(sock.fd(), &msg, 0) }, 48);
-        }
-        let last = take_tx_timestamp(sock.fd()).expect("transmit timestamps");
-        let after = crate::clock::now();
-        assert!(
-            before <= last && last <= after,
-            "{before:?} {last:?} {after:?}"
-        );
-        // Every requested timestamp was read.
-        assert_eq!(take_tx_timestamp(sock.fd()), None);
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! refer to). Its replies go out exactly as the others do, with no
 //! per-message request that would make them slower than the replies the
 //! prediction is for, and each stamp comes back numbered (`OPT_ID`, see
-//! [`ProbeKeys`]):
+//! [`ProbeKeys`](crate::sys::txstamp::ProbeKeys)):
 //!
 //! - `lead` = departure of the first − `t0`;
 //! - `per_send` = (departure of the last − departure of the first) /
@@ -133,49 +133,35 @@ impl ChunkLength {
     }
 }
 
-/// Which kernel transmit timestamp answers which probed reply. Sockets are
-/// set up with `SOF_TIMESTAMPING_OPT_ID`, so the kernel numbers the
-/// datagrams sent with a timestamp request (only the replies of probed
-/// chunks), from 0, and returns the number with the stamp. A stamp that
-/// comes late (after its chunk was given up, or from a chunk that partly
-/// failed) then cannot be taken for a later chunk's.
-///
-/// The numbering is predicted: each probed reply that was sent takes the
-/// next number; one whose send failed is assumed not to have taken one
-/// (true for a full send buffer; a firewall refusal takes one, which the
-/// next stamp reveals: numbering resumes after any stamp seen beyond the
-/// prediction, so a sample is lost, never misattributed).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProbeKeys {
-    next: u32,
+/// When the replies of one probed chunk left: their kernel transmit
+/// timestamps, as a backend reads them back for [`TxSchedule::observe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Departures {
+    /// When the chunk was stamped.
+    pub t0: UnixTime,
+    len: usize,
+    at: [Option<UnixTime>; SEND_CHUNK],
 }
 
-impl ProbeKeys {
-    /// The number the next probed reply sent on this socket will carry.
-    pub fn next(&self) -> u32 {
-        self.next
-    }
-
-    /// `n` probed replies went out, numbered from [`Self::next`] on.
-    pub fn sent(&mut self, n: usize) {
-        self.next = self.next.wrapping_add(n as u32);
-    }
-
-    /// A probed reply counted by [`Self::sent`] failed after all (io_uring
-    /// reports the outcome after the chunk is counted).
-    pub fn unsent(&mut self) {
-        self.next = self.next.wrapping_sub(1);
-    }
-
-    /// A stamp numbered `id` was read: its position in the chunk whose
-    /// first reply carried `first` and that had `len` replies, if it is
-    /// one of them. A number beyond the prediction resynchronizes it.
-    pub fn observed(&mut self, id: u32, first: u32, len: usize) -> Option<usize> {
-        if id.wrapping_sub(self.next) as i32 >= 0 {
-            self.next = id.wrapping_add(1);
+impl Departures {
+    /// A chunk of `len` replies (at most [`SEND_CHUNK`] are followed)
+    /// stamped at `t0`, none seen leaving yet.
+    pub fn new(t0: UnixTime, len: usize) -> Self {
+        Departures {
+            t0,
+            len: len.min(SEND_CHUNK),
+            at: [None; SEND_CHUNK],
         }
-        let position = id.wrapping_sub(first) as usize;
-        (position < len).then_some(position)
+    }
+
+    /// When each reply left, where a stamp came back.
+    pub fn stamps(&self) -> &[Option<UnixTime>] {
+        &self.at[..self.len]
+    }
+
+    /// The same, to be filled in.
+    pub fn stamps_mut(&mut self) -> &mut [Option<UnixTime>] {
+        &mut self.at[..self.len]
     }
 }
 
@@ -336,40 +322,6 @@ mod tests {
         c.for_batch(back, 16);
         let (len, _) = feed(&mut c, back, 20_000, 4, 1);
         assert_eq!(len, 1);
-    }
-
-    #[test]
-    fn probe_keys_match_their_own_stamp_and_resynchronize() {
-        let mut k = ProbeKeys::default();
-        // A chunk of 3 goes out; its stamps come late, after the next chunk
-        // of 2 was sent.
-        let first = k.next();
-        k.sent(3);
-        let second = k.next();
-        k.sent(2);
-        assert_eq!(k.observed(first + 2, second, 2), None, "a late stamp");
-        assert_eq!(k.observed(second, second, 2), Some(0));
-        assert_eq!(k.observed(second + 1, second, 2), Some(1));
-        // A reply whose send failed gave its number back.
-        let third = k.next();
-        k.sent(1);
-        k.unsent();
-        assert_eq!(k.next(), third);
-        // A refused send that used a number anyway: the next stamp shows
-        // it, that sample is lost, and numbering resumes after it.
-        let expected = k.next();
-        k.sent(1);
-        assert_eq!(k.observed(expected + 1, expected, 1), None);
-        assert_eq!(k.next(), expected + 2);
-        let next = k.next();
-        k.sent(1);
-        assert_eq!(k.observed(next, next, 1), Some(0));
-        // Numbers wrap past u32::MAX.
-        let mut k = ProbeKeys { next: u32::MAX };
-        let first = k.next();
-        k.sent(2);
-        assert_eq!(k.next(), 1);
-        assert_eq!(k.observed(0, first, 2), Some(1));
     }
 
     #[test]

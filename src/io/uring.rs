@@ -6,12 +6,14 @@
 //!
 //! - Receive: each completion names a buffer holding the kernel's
 //!   `io_uring_recvmsg_out` header, the peer address, control messages
-//!   (receive timestamp, packet info) and the payload. The reply is built
-//!   from it and the buffer goes straight back to the ring.
+//!   (receive timestamp, packet info) and the payload. The completions of
+//!   one wait are lent to [`Worker::serve_batch`] as one [`Batch`]; the
+//!   buffers go back to the ring once their requests are answered.
 //! - A multishot receive ends when the buffer ring runs dry (`ENOBUFS`) or
 //!   on any other error; it is re-armed after the batch and counted.
-//! - Replies are stamped with their predicted departure (see
-//!   [`super::txtime`]) and queued together after the batch. Send slots
+//! - Replies are stamped by the worker with their predicted departure (see
+//!   [`super::txtime`]) and queued chunk by chunk; all but the last chunk
+//!   are submitted at once, the last goes with the next wait. Send slots
 //!   (message header, reply, peer address, packet info) are owned until
 //!   their completion arrives; failures are counted.
 //!
@@ -20,20 +22,22 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
-use super::cmsg::{self, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::errors::{self, Backoff, ErrorAction, RingFailures};
 use super::mmsg::{self, MmsgBatch};
-use super::socket::{self, ListenSocket};
-use super::txtime::{ProbeKeys, SEND_CHUNK};
-use super::worker::{Datagram, Worker};
-use crate::clock;
+use super::socket::ListenSocket;
+use super::txtime::{Departures, SEND_CHUNK};
+use super::worker::{Batch, Datagram, Sent, Worker};
 use crate::proto::{UnixTime, HEADER_LEN};
+use crate::sys::buffers::zeroed_slice;
+use crate::sys::cmsg::{self, ControlBuf, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use crate::sys::txstamp::{self, ProbeKeys};
 
 /// Provided receive buffers per worker (a power of two). Buffers go back to
 /// the ring within the batch that used them, so this bounds one batch.
@@ -42,8 +46,11 @@ const RECV_BUFFERS: u16 = 2048;
 const NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_in6>();
 /// Largest datagram read whole (as in the mmsg backend).
 const PAYLOAD_LEN: usize = super::mmsg::RECV_SLOT;
+/// Where the payload starts in a receive buffer: after the recvmsg_out
+/// header, the name and the control fields.
+const PAYLOAD_AT: usize = 16 + NAME_LEN + RECV_CONTROL_LEN;
 /// One receive buffer: recvmsg_out header, name, control, payload.
-const RECV_BUF_LEN: usize = 16 + NAME_LEN + RECV_CONTROL_LEN + PAYLOAD_LEN;
+const RECV_BUF_LEN: usize = PAYLOAD_AT + PAYLOAD_LEN;
 /// Replies that may be in flight at once.
 const SEND_SLOTS: usize = RECV_BUFFERS as usize;
 /// At most two chunks of sends (the one being built and the last one of the
@@ -174,9 +181,6 @@ impl Drop for BufRing {
     }
 }
 
-#[repr(C, align(8))]
-struct SendControl([u8; SEND_CONTROL_LEN]);
-
 /// Reply slots: header, payload, destination and packet info of each reply
 /// in flight. Headers point into the boxed arrays, which never move.
 struct SendSlots {
@@ -184,24 +188,20 @@ struct SendSlots {
     iov: Box<[libc::iovec]>,
     reply: Box<[[u8; HEADER_LEN]]>,
     name: Box<[[u8; NAME_LEN]]>,
-    control: Box<[SendControl]>,
+    control: Box<[ControlBuf<SEND_CONTROL_LEN>]>,
     free: Vec<u32>,
-}
-
-fn zeroed_slice<T>(n: usize) -> Box<[T]> {
-    // SAFETY: only used for C structs (msghdr, iovec) for which all-zero
-    // bytes are a valid value.
-    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
 }
 
 impl SendSlots {
     fn new(n: usize) -> Self {
         let mut s = SendSlots {
-            hdr: zeroed_slice(n),
-            iov: zeroed_slice(n),
+            // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+            hdr: unsafe { zeroed_slice(n) },
+            // SAFETY: all-zero is a valid iovec.
+            iov: unsafe { zeroed_slice(n) },
             reply: vec![[0u8; HEADER_LEN]; n].into_boxed_slice(),
             name: vec![[0u8; NAME_LEN]; n].into_boxed_slice(),
-            control: (0..n).map(|_| SendControl([0; SEND_CONTROL_LEN])).collect(),
+            control: vec![ControlBuf::default(); n].into_boxed_slice(),
             free: (0..n as u32).rev().collect(),
         };
         for i in 0..n {
@@ -306,8 +306,26 @@ struct UringWorker<'a> {
     /// Completions copied out of the ring (capacity = CQ size, so no
     /// allocation after start): user data, result, flags.
     cqes: Vec<(u64, i32, u32)>,
-    /// Replies built in this batch, in order: (send slot, socket index).
+    /// Datagrams received in this batch, in order: (socket index, buffer
+    /// id, length).
+    received: Vec<(u32, u16, u32)>,
+    /// The send slot the request being answered writes its reply into
+    /// (taken from the free list; back there unless the reply is kept),
+    /// and where that request was sent to (wildcard sockets).
+    current: Option<u32>,
+    current_local: Option<LocalAddr>,
+    /// Where a reply goes when every send slot is in flight (it is then
+    /// counted as a send error).
+    scratch: [u8; HEADER_LEN],
+    /// Replies kept in this batch, in order: (send slot, socket index).
     pending: Vec<(u32, u32)>,
+    /// The socket of the chunk being probed, between `probe` and `send`.
+    probing: Option<usize>,
+    /// The departures of the last probed chunk, read after the wait that
+    /// sent it, until the worker takes them.
+    departed: Option<Departures>,
+    /// A ring failure met while the worker drove the batch.
+    failure: Option<Failure>,
     /// The last batch was big, or receives were re-armed: do not linger
     /// waiting for the next.
     busy: bool,
@@ -377,7 +395,14 @@ impl<'a> UringWorker<'a> {
             can_min_wait,
             enter_flags,
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+            received: Vec::with_capacity(CQ_ENTRIES as usize),
+            current: None,
+            current_local: None,
+            scratch: [0; HEADER_LEN],
             pending: Vec::with_capacity(SEND_SLOTS),
+            probing: None,
+            departed: None,
+            failure: None,
             busy: false,
             tx_sample: None,
         })
@@ -389,7 +414,7 @@ impl<'a> UringWorker<'a> {
         worker.ready();
         while !stop.load(Ordering::Relaxed) {
             self.submit_and_wait()?;
-            self.take_tx_sample(worker);
+            self.take_tx_sample();
             self.drain(worker)?;
             self.sweep(worker)?;
             self.arm_receives(worker, false)?;
@@ -464,66 +489,6 @@ impl<'a> UringWorker<'a> {
         Ok(())
     }
 
-    /// Stamps this batch's replies with their predicted departures and
-    /// sends them, in chunks of at most [`SEND_CHUNK`](super::txtime::SEND_CHUNK) (one by one at low
-    /// rates, see [`Worker::send_chunk`]), each stamped just before it
-    /// goes: all but the last are submitted at once, the last goes out with
-    /// the next wait for completions. A batch of one chunk costs no system
-    /// call of its own.
-    fn send_replies(&mut self, worker: &mut Worker) -> Result<(), Failure> {
-        let sends = self.pending.len();
-        let chunk = worker.send_chunk(sends);
-        let mut start = 0;
-        while start < sends {
-            let end = (start + chunk).min(sends);
-            // One probed chunk at a time, all on one socket (transmit
-            // stamps are switched on per socket).
-            let sock = self.pending[start].1 as usize;
-            let probe = self.tx_sample.is_none()
-                && self.pending[start..end]
-                    .iter()
-                    .all(|p| p.1 as usize == sock)
-                && worker.tx_probe_due()
-                && socket::set_tx_stamping(self.sockets[sock].fd(), true).is_ok();
-            for i in start..end {
-                let (slot, sock) = self.pending[i];
-                self.push_send(slot, sock)?;
-            }
-            // The kernel reads a reply only when its send runs, so the
-            // stamps go in last, in a tight loop right before submission.
-            let t0 = clock::now();
-            for (position, i) in (start..end).enumerate() {
-                let slot = self.pending[i].0 as usize;
-                worker.stamp_transmit(&mut self.slots.reply[slot], t0, position);
-            }
-            if probe {
-                let keys = &mut self.state[sock].keys;
-                let first = keys.next();
-                let len = (end - start).min(SEND_CHUNK);
-                keys.sent(len);
-                let mut slots = [None; SEND_CHUNK];
-                for (k, p) in self.pending[start..start + len].iter().enumerate() {
-                    slots[k] = Some(p.0);
-                }
-                self.tx_sample = Some(TxSample {
-                    t0,
-                    sock,
-                    len,
-                    first,
-                    stamping: true,
-                    slots,
-                });
-            }
-            if end < sends {
-                submit(&mut self.ring)?;
-                self.stop_tx_stamping();
-            }
-            start = end;
-        }
-        self.pending.clear();
-        Ok(())
-    }
-
     /// Queues the send of the reply in `slot` through socket `sock`.
     fn push_send(&mut self, slot: u32, sock: u32) -> Result<(), Failure> {
         let s = slot as usize;
@@ -549,7 +514,7 @@ impl<'a> UringWorker<'a> {
     fn stop_tx_stamping(&mut self) {
         if let Some(s) = &mut self.tx_sample {
             if std::mem::take(&mut s.stamping) {
-                let _ = socket::set_tx_stamping(self.sockets[s.sock].fd(), false);
+                let _ = txstamp::set_tx_stamping(self.sockets[s.sock].fd(), false);
             }
         }
     }
@@ -557,16 +522,18 @@ impl<'a> UringWorker<'a> {
     /// Once the probed chunk has gone out (with the wait just made), learns
     /// from its kernel transmit timestamps (matched by number, so a late
     /// stamp of an earlier chunk is never taken for one of its own).
-    fn take_tx_sample(&mut self, worker: &mut Worker) {
+    fn take_tx_sample(&mut self) {
         self.stop_tx_stamping();
         let Some(s) = self.tx_sample else {
             return;
         };
-        let mut departed = [None; SEND_CHUNK];
-        let departed = &mut departed[..s.len];
-        let fd = self.sockets[s.sock].fd();
-        socket::take_probe_timestamps(fd, &mut self.state[s.sock].keys, s.first, departed);
-        worker.observe_departures(s.t0, departed);
+        if s.len > 0 {
+            let mut d = Departures::new(s.t0, s.len);
+            let fd = self.sockets[s.sock].fd();
+            let keys = &mut self.state[s.sock].keys;
+            txstamp::take_probe_timestamps(fd, keys, s.first, d.stamps_mut());
+            self.departed = Some(d);
+        }
         // Its send completions may still be due: keep it (stamps read)
         // until they are in.
         self.tx_sample = s
@@ -625,9 +592,9 @@ impl<'a> UringWorker<'a> {
             .nsec(wait.subsec_nanos())
     }
 
-    /// Handles every completion available.
+    /// Handles every completion available: the datagrams received are
+    /// served as one batch.
     fn drain(&mut self, worker: &mut Worker) -> Result<(), Failure> {
-        worker.begin_batch();
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
         cqes.extend(
@@ -651,11 +618,16 @@ impl<'a> UringWorker<'a> {
             }
         }
         self.cqes = cqes;
-        outcome?;
-        self.buffers.publish();
-        self.send_replies(worker)?;
-        worker.end_batch(self.sockets);
-        Ok(())
+        if outcome.is_ok() {
+            worker.serve_batch(self);
+        }
+        // Buffers of a batch cut short by a failure go back too.
+        self.answered();
+        self.pending.clear();
+        match self.failure.take() {
+            Some(f) => Err(f),
+            None => outcome,
+        }
     }
 
     /// The send of slot `slot` completed with `result`.
@@ -705,57 +677,177 @@ impl<'a> UringWorker<'a> {
             };
         }
         self.state[sock].backoff.succeeded();
-        let Some(bid) = cqueue::buffer_select(flags) else {
-            return Ok(());
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            self.received.push((sock as u32, bid, result as u32));
+        }
+        Ok(())
+    }
+
+    /// The receive buffer of datagram `i` of the batch, parsed.
+    fn message(&self, i: usize) -> Option<RecvMsgOut<'_>> {
+        let (sock, bid, len) = self.received[i];
+        let buffer = self.buffers.buffer(bid, len as usize);
+        RecvMsgOut::parse(buffer, &self.templates[sock as usize]).ok()
+    }
+
+    /// Takes a send slot for the next reply, unless one is already taken.
+    fn take_slot(&mut self) -> Option<u32> {
+        if self.current.is_none() {
+            self.current = self.slots.free.pop();
+        }
+        self.current
+    }
+}
+
+impl Batch for UringWorker<'_> {
+    fn received(&self) -> usize {
+        self.received.len()
+    }
+
+    fn request(&mut self, i: usize) -> (Datagram<'_>, &mut [u8; HEADER_LEN]) {
+        let slot = self.take_slot();
+        let (sock, bid, len) = self.received[i];
+        let buffer = self.buffers.buffer(bid, len as usize);
+        let reply = match slot {
+            Some(s) => &mut self.slots.reply[s as usize],
+            None => &mut self.scratch,
         };
-        let buffer = self.buffers.buffer(bid, result as usize);
-        if let Ok(msg) = RecvMsgOut::parse(buffer, &self.templates[sock]) {
-            let info = cmsg::parse(msg.control_data());
+        let Ok(msg) = RecvMsgOut::parse(buffer, &self.templates[sock as usize]) else {
+            // Shorter than the header the kernel writes: never seen, but
+            // counted (as oversize) rather than trusted.
             let dgram = Datagram {
-                payload: msg.payload_data(),
-                truncated: msg.is_payload_truncated(),
-                rx_stamp: info.rx_stamp,
+                payload: &[],
+                truncated: true,
+                rx_stamp: None,
             };
-            match self.slots.free.pop() {
-                Some(slot) => {
-                    let s = slot as usize;
-                    if worker.handle(dgram, &mut self.slots.reply[s]) {
-                        let name = msg.name_data();
-                        let n = name.len().min(NAME_LEN);
-                        self.slots.name[s][..n].copy_from_slice(&name[..n]);
-                        let source = if self.sockets[sock].wildcard {
-                            info.local
-                        } else {
-                            None
-                        };
-                        let control = &mut self.slots.control[s].0;
-                        let (control_ptr, control_len) = match source {
-                            Some(local) => {
-                                (control.as_mut_ptr(), cmsg::write_source(control, &local))
-                            }
-                            None => (std::ptr::null_mut(), 0),
-                        };
-                        let hdr = &mut self.slots.hdr[s];
-                        hdr.msg_namelen = n as u32;
-                        hdr.msg_control = control_ptr.cast();
-                        hdr.msg_controllen = control_len as _;
-                        self.pending.push((slot, sock as u32));
-                    } else {
-                        self.slots.free.push(slot);
-                    }
-                }
-                None => {
-                    // Every slot in flight: answer into scratch and count
-                    // the reply as unsendable.
-                    let mut scratch = [0u8; HEADER_LEN];
-                    if worker.handle(dgram, &mut scratch) {
-                        worker.note_send_failures(1, libc::ENOBUFS);
-                    }
-                }
+            return (dgram, reply);
+        };
+        let info = cmsg::parse(msg.control_data());
+        let (len, truncated) = (msg.payload_data().len(), msg.is_payload_truncated());
+        // The payload follows the name and control fields the template
+        // lays out (`parse` checked that it lies within the buffer).
+        let payload = buffer.get(PAYLOAD_AT..PAYLOAD_AT + len).unwrap_or_default();
+        self.current_local = if self.sockets[sock as usize].wildcard {
+            info.local
+        } else {
+            None
+        };
+        let dgram = Datagram {
+            payload,
+            truncated,
+            rx_stamp: info.rx_stamp,
+        };
+        (dgram, reply)
+    }
+
+    fn keep(&mut self, i: usize) -> Result<(), i32> {
+        // Every slot in flight: the reply went to scratch.
+        let slot = self.current.take().ok_or(libc::ENOBUFS)?;
+        let s = slot as usize;
+        let mut name = [0u8; NAME_LEN];
+        let n = match self.message(i) {
+            Some(msg) => {
+                let from = msg.name_data();
+                let n = from.len().min(NAME_LEN);
+                name[..n].copy_from_slice(&from[..n]);
+                n
+            }
+            None => 0,
+        };
+        self.slots.name[s] = name;
+        let control = &mut self.slots.control[s].0;
+        let (control_ptr, control_len) = match &self.current_local {
+            Some(local) => (control.as_mut_ptr(), cmsg::write_source(control, local)),
+            None => (std::ptr::null_mut(), 0),
+        };
+        let hdr = &mut self.slots.hdr[s];
+        hdr.msg_namelen = n as u32;
+        hdr.msg_control = control_ptr.cast();
+        hdr.msg_controllen = control_len as _;
+        self.pending.push((slot, self.received[i].0));
+        Ok(())
+    }
+
+    fn answered(&mut self) {
+        if let Some(slot) = self.current.take() {
+            self.slots.free.push(slot);
+        }
+        if self.received.is_empty() {
+            return;
+        }
+        for &(_, bid, _) in &self.received {
+            self.buffers.give(bid);
+        }
+        self.received.clear();
+        self.buffers.publish();
+    }
+
+    fn reply(&mut self, k: usize) -> &mut [u8; HEADER_LEN] {
+        &mut self.slots.reply[self.pending[k].0 as usize]
+    }
+
+    /// One probed chunk at a time, all on one socket (transmit stamps are
+    /// switched on per socket).
+    fn probe(&mut self, chunk: Range<usize>) -> bool {
+        let sock = self.pending[chunk.start].1 as usize;
+        let ok = self.tx_sample.is_none()
+            && self.pending[chunk].iter().all(|p| p.1 as usize == sock)
+            && txstamp::set_tx_stamping(self.sockets[sock].fd(), true).is_ok();
+        self.probing = ok.then_some(sock);
+        ok
+    }
+
+    /// Queues the chunk's sends; all but the batch's last chunk are
+    /// submitted at once, the last goes out with the next wait. A batch
+    /// of one chunk costs no system call of its own.
+    fn send(&mut self, chunk: Range<usize>, t0: UnixTime) -> Sent {
+        if self.failure.is_some() {
+            // The ring is being given up; its replies are lost with it.
+            return Sent::default();
+        }
+        for i in chunk.clone() {
+            let (slot, sock) = self.pending[i];
+            if let Err(f) = self.push_send(slot, sock) {
+                self.failure = Some(f);
+                return Sent::default();
             }
         }
-        self.buffers.give(bid);
-        Ok(())
+        if let Some(sock) = self.probing.take() {
+            let keys = &mut self.state[sock].keys;
+            let first = keys.next();
+            let len = chunk.len().min(SEND_CHUNK);
+            keys.sent(len);
+            let mut slots = [None; SEND_CHUNK];
+            for (k, p) in self.pending[chunk.start..chunk.start + len]
+                .iter()
+                .enumerate()
+            {
+                slots[k] = Some(p.0);
+            }
+            self.tx_sample = Some(TxSample {
+                t0,
+                sock,
+                len,
+                first,
+                stamping: true,
+                slots,
+            });
+        }
+        if chunk.end < self.pending.len() {
+            if let Err(f) = submit(&mut self.ring) {
+                self.failure = Some(f);
+            }
+            self.stop_tx_stamping();
+        }
+        Sent::default()
+    }
+
+    fn departures(&mut self) -> Option<Departures> {
+        self.departed.take()
+    }
+
+    fn sockets(&self) -> &[ListenSocket] {
+        self.sockets
     }
 }
 

@@ -1,10 +1,17 @@
-//! The part of a worker that every I/O backend shares: for each batch, take
-//! the current [`ServerState`] from the snapshot; for each datagram, pick
-//! its receive time, drop it if it waited too long ([`QueueBound`]), run
-//! [`proto::respond`](crate::proto::respond) and count the outcome; after
-//! the batch, publish the counters and resize the receive queues when the
-//! bound says so. Backends only move bytes.
+//! The part of a worker that every I/O backend shares, and the one contract
+//! between them: a backend receives a batch of datagrams and lends it to
+//! [`Worker::serve_batch`] as a [`Batch`]. For each batch the worker takes
+//! the current [`ServerState`] from the snapshot; for each datagram it picks
+//! the receive time, drops it if it waited too long ([`QueueBound`]), runs
+//! [`proto::respond`] and counts the outcome; then it cuts the kept replies
+//! into chunks, has the batch switch transmit stamps on for a probed chunk
+//! now and then, stamps each chunk with its predicted departures
+//! ([`TxSchedule`]) right before the batch sends it, learns from the
+//! departures the batch reports, publishes the counters and bounds the
+//! receive queues. Backends only move bytes: they never see a reply's
+//! contents nor decide when to probe.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use tracing::warn;
@@ -12,11 +19,60 @@ use tracing::warn;
 use super::counters::{Counters, SharedCounters};
 use super::errors::RateLimitedLog;
 use super::queue::QueueBound;
-use super::socket::{self, ListenSocket};
-use super::txtime::{ChunkLength, TxSchedule};
+use super::socket::ListenSocket;
+use super::txtime::{ChunkLength, Departures, TxSchedule};
 use crate::clock;
 use crate::proto::{self, DropReason, ServerState, UnixTime, Verdict, HEADER_LEN};
 use crate::snapshot;
+use crate::sys;
+
+/// A batch of received datagrams as a backend lends it to
+/// [`Worker::serve_batch`], which calls, in this order: [`Batch::request`]
+/// for each datagram and [`Batch::keep`] for each one answered, then
+/// [`Batch::answered`] once; then per chunk of kept replies
+/// [`Batch::probe`] (sometimes), [`Batch::reply`] for each of its replies
+/// (to stamp them) and [`Batch::send`]; at last [`Batch::departures`] and
+/// [`Batch::sockets`].
+pub trait Batch {
+    /// How many datagrams were received.
+    fn received(&self) -> usize;
+    /// Datagram `i` (of `0..received()`) and the buffer its reply is
+    /// written into if it gets one.
+    fn request(&mut self, i: usize) -> (Datagram<'_>, &mut [u8; HEADER_LEN]);
+    /// The reply just written for datagram `i` goes back to its sender,
+    /// after the replies kept before it (it is kept reply number "replies
+    /// kept so far"). `Err(errno)`: it cannot be sent (no room); the worker
+    /// counts it as a send error.
+    fn keep(&mut self, i: usize) -> Result<(), i32>;
+    /// Every request has been read: their receive buffers may be reused.
+    fn answered(&mut self) {}
+    /// Kept reply `k`, to be stamped before it is sent.
+    fn reply(&mut self, k: usize) -> &mut [u8; HEADER_LEN];
+    /// Kept replies `chunk` are to go out with kernel transmit timestamps
+    /// on, to learn when replies leave (see [`super::txtime`]); called
+    /// before they are stamped. Returns whether they will (a backend may
+    /// decline, e.g. while an earlier probe is in flight).
+    fn probe(&mut self, chunk: Range<usize>) -> bool;
+    /// Hands kept replies `chunk`, stamped at `t0`, to the kernel (now, or
+    /// with the backend's next system call); says what failed at once.
+    fn send(&mut self, chunk: Range<usize>, t0: UnixTime) -> Sent;
+    /// When the replies of a probed chunk left, once the backend has read
+    /// their kernel transmit timestamps (after this batch's sends, or a
+    /// batch later).
+    fn departures(&mut self) -> Option<Departures>;
+    /// The sockets the batch came from, whose receive queues the worker
+    /// bounds.
+    fn sockets(&self) -> &[ListenSocket];
+}
+
+/// What [`Batch::send`] did with a chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Replies that could not be sent.
+    pub failed: u64,
+    /// Why (the last error), when `failed` is not zero.
+    pub errno: i32,
+}
 
 /// Protocol glue and counters of one worker thread.
 pub struct Worker {
@@ -103,10 +159,51 @@ impl Worker {
         }
     }
 
+    /// Serves one batch (see [`Batch`] for the order of the calls): answers
+    /// every request, then stamps and sends the replies chunk by chunk.
+    pub fn serve_batch(&mut self, batch: &mut impl Batch) {
+        self.begin_batch();
+        let mut kept = 0;
+        for i in 0..batch.received() {
+            let (dgram, reply) = batch.request(i);
+            if self.handle(dgram, reply) {
+                match batch.keep(i) {
+                    Ok(()) => kept += 1,
+                    Err(errno) => self.note_send_failures(1, errno),
+                }
+            }
+        }
+        batch.answered();
+        let chunk = self.chunk_length.for_batch(self.last_t0, kept);
+        let mut start = 0;
+        while start < kept {
+            let end = (start + chunk).min(kept);
+            let probed = self.probe_due() && batch.probe(start..end);
+            // The stamps go in last, in a tight loop right before the send.
+            let t0 = clock::now();
+            self.last_t0 = t0;
+            if probed {
+                self.next_tx_sample =
+                    UnixTime::new(t0.secs, t0.nanos.saturating_add(TX_SAMPLE_INTERVAL_NANOS));
+            }
+            for (position, k) in (start..end).enumerate() {
+                let departure = self.tx_schedule.departure(t0, position);
+                proto::stamp_transmit(batch.reply(k), &self.state, departure);
+            }
+            let sent = batch.send(start..end, t0);
+            self.note_send_failures(sent.failed, sent.errno);
+            start = end;
+        }
+        if let Some(d) = batch.departures() {
+            self.tx_schedule.observe(d.t0, d.stamps());
+        }
+        self.end_batch(batch.sockets());
+    }
+
     /// Starts a batch: reads the clock (the age of the batch's requests is
     /// taken against it) and picks up the latest published state, if a new
     /// one was published.
-    pub fn begin_batch(&mut self) {
+    fn begin_batch(&mut self) {
         self.batch_now = clock::now();
         let version = self.snapshot.version();
         if version != self.version {
@@ -115,8 +212,9 @@ impl Worker {
         }
     }
 
-    /// Handles one datagram; returns whether `reply` holds a reply to send.
-    pub fn handle(&mut self, dgram: Datagram<'_>, reply: &mut [u8; HEADER_LEN]) -> bool {
+    /// Handles one datagram; returns whether `reply` holds a reply to send
+    /// (still to be stamped).
+    fn handle(&mut self, dgram: Datagram<'_>, reply: &mut [u8; HEADER_LEN]) -> bool {
         self.counters.received += 1;
         if dgram.truncated {
             self.count_drop(DropReason::Oversize);
@@ -137,9 +235,7 @@ impl Worker {
                 clock::now()
             }
         };
-        // The transmit time is a placeholder here: every reply is stamped
-        // with its predicted departure before it is sent (stamp_transmit).
-        match proto::respond(dgram.payload, received, &self.state, || received, reply) {
+        match proto::respond(dgram.payload, received, &self.state, reply) {
             Verdict::Reply => {
                 self.counters.replied += 1;
                 true
@@ -207,38 +303,12 @@ impl Worker {
         self.shared.publish(&self.counters);
     }
 
-    /// How many of a batch's `replies` to stamp and hand to the kernel at
-    /// once (see [`ChunkLength`]; the clock is the last chunk's stamp time).
-    pub fn send_chunk(&mut self, replies: usize) -> usize {
-        self.chunk_length.for_batch(self.last_t0, replies)
-    }
-
-    /// Stamps the reply at `position` of a batch stamped at `t0` with its
-    /// predicted departure (see [`TxSchedule`]). Every reply from
-    /// [`Worker::handle`] must pass through here before it is sent.
-    pub fn stamp_transmit(&mut self, reply: &mut [u8; HEADER_LEN], t0: UnixTime, position: usize) {
-        self.last_t0 = t0;
-        let departure = self.tx_schedule.departure(t0, position);
-        proto::restamp_transmit(reply, &self.state, departure);
-    }
-
     /// Whether the next chunk should be probed: sent with kernel transmit
     /// timestamps on, to learn when replies leave (a few times a second,
-    /// when kernel timestamps are on).
-    pub fn tx_probe_due(&mut self) -> bool {
-        if !self.expect_stamps || self.last_t0 < self.next_tx_sample {
-            return false;
-        }
-        let t = self.last_t0;
-        self.next_tx_sample =
-            UnixTime::new(t.secs, t.nanos.saturating_add(TX_SAMPLE_INTERVAL_NANOS));
-        true
-    }
-
-    /// Learns from a probed chunk stamped at `t0`: `departed[k]` is when its
-    /// k-th reply left (kernel transmit timestamp), where one came back.
-    pub fn observe_departures(&mut self, t0: UnixTime, departed: &[Option<UnixTime>]) {
-        self.tx_schedule.observe(t0, departed);
+    /// when kernel timestamps are on; the clock is the last chunk's stamp
+    /// time).
+    fn probe_due(&self) -> bool {
+        self.expect_stamps && self.last_t0 >= self.next_tx_sample
     }
 
     /// A multishot receive ended and is being re-armed.
@@ -248,7 +318,7 @@ impl Worker {
 
     /// Ends a batch on `sockets`: publishes the counters and, a few times a
     /// second, resizes their receive queues if the [`QueueBound`] says so.
-    pub fn end_batch(&mut self, sockets: &[ListenSocket]) {
+    fn end_batch(&mut self, sockets: &[ListenSocket]) {
         self.shared.publish(&self.counters);
         if self.expect_stamps && self.queue.due(self.batch_now) {
             self.bound_queues(sockets);
@@ -259,13 +329,13 @@ impl Worker {
     fn bound_queues(&mut self, sockets: &[ListenSocket]) {
         let drops = sockets
             .iter()
-            .filter_map(|s| socket::kernel_drops(&s.socket).ok())
+            .filter_map(|s| sys::socket::kernel_drops(&s.socket).ok())
             .map(u64::from)
             .sum();
         if let Some(bytes) = self.queue.adjust(self.batch_now, drops) {
             for s in sockets {
                 // Best effort: a refusal leaves the queue as it was.
-                let _ = socket::set_receive_queue(&s.socket, bytes);
+                let _ = sys::socket::set_receive_queue(&s.socket, bytes);
             }
         }
     }
@@ -274,6 +344,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{Header, NtpTimestamp};
 
     fn worker(expect_stamps: bool) -> (Worker, Arc<SharedCounters>) {
         let (_publisher, reader) = snapshot::new(&ServerState::unsynchronized(-20));
@@ -295,11 +366,73 @@ mod tests {
         r
     }
 
+    /// A backend in memory: records what the worker asks of it.
+    struct TestBatch<'a> {
+        requests: Vec<Datagram<'a>>,
+        /// One reply slot per request; kept replies are moved to `kept`.
+        scratch: [u8; HEADER_LEN],
+        kept: Vec<(usize, [u8; HEADER_LEN])>,
+        /// Replies that find no room from this many kept on.
+        room: Option<usize>,
+        /// What `send` reports.
+        send_result: Sent,
+        chunks: Vec<Range<usize>>,
+        probes: usize,
+        departures: Option<Departures>,
+    }
+
+    impl<'a> TestBatch<'a> {
+        fn new(requests: Vec<Datagram<'a>>) -> Self {
+            TestBatch {
+                requests,
+                scratch: [0; HEADER_LEN],
+                kept: Vec::new(),
+                room: None,
+                send_result: Sent::default(),
+                chunks: Vec::new(),
+                probes: 0,
+                departures: None,
+            }
+        }
+    }
+
+    impl Batch for TestBatch<'_> {
+        fn received(&self) -> usize {
+            self.requests.len()
+        }
+        fn request(&mut self, i: usize) -> (Datagram<'_>, &mut [u8; HEADER_LEN]) {
+            self.scratch = [0; HEADER_LEN];
+            (self.requests[i], &mut self.scratch)
+        }
+        fn keep(&mut self, i: usize) -> Result<(), i32> {
+            if self.room.is_some_and(|r| self.kept.len() >= r) {
+                return Err(libc::ENOBUFS);
+            }
+            self.kept.push((i, self.scratch));
+            Ok(())
+        }
+        fn reply(&mut self, k: usize) -> &mut [u8; HEADER_LEN] {
+            &mut self.kept[k].1
+        }
+        fn probe(&mut self, _chunk: Range<usize>) -> bool {
+            self.probes += 1;
+            true
+        }
+        fn send(&mut self, chunk: Range<usize>, _t0: UnixTime) -> Sent {
+            self.chunks.push(chunk);
+            self.send_result
+        }
+        fn departures(&mut self) -> Option<Departures> {
+            self.departures.take()
+        }
+        fn sockets(&self) -> &[ListenSocket] {
+            &[]
+        }
+    }
+
     #[test]
     fn counts_replies_drops_and_missing_stamps() {
         let (mut w, shared) = worker(true);
-        let mut out = [0u8; 48];
-        w.begin_batch();
         let stamp = Some(clock::now());
         let req = request();
         let ok = Datagram {
@@ -307,47 +440,41 @@ mod tests {
             truncated: false,
             rx_stamp: stamp,
         };
-        assert!(w.handle(ok, &mut out));
-        assert!(w.handle(
+        // Waited two seconds in the queue (past a client's timeout):
+        // dropped as stale, unanswered.
+        let old = stamp.map(|t| UnixTime::new(t.secs - 2, t.nanos));
+        let mut batch = TestBatch::new(vec![
+            ok,
             Datagram {
                 rx_stamp: None,
                 ..ok
             },
-            &mut out
-        ));
-        assert!(!w.handle(
             Datagram {
                 payload: &req[..40],
                 ..ok
             },
-            &mut out
-        ));
-        assert!(!w.handle(
             Datagram {
                 truncated: true,
                 ..ok
             },
-            &mut out
-        ));
-        // Waited two seconds in the queue (past a client's timeout):
-        // dropped as stale, unanswered.
-        let old = stamp.map(|t| UnixTime::new(t.secs - 2, t.nanos));
-        assert!(!w.handle(
             Datagram {
                 rx_stamp: old,
                 ..ok
             },
-            &mut out
-        ));
-        w.note_send_failures(1, libc::EAGAIN);
-        w.note_send_failures(0, libc::EAGAIN);
+        ]);
+        batch.send_result = Sent {
+            failed: 1,
+            errno: libc::EAGAIN,
+        };
         w.note_rearm();
-        w.end_batch(&[]);
+        w.serve_batch(&mut batch);
+        let kept: Vec<usize> = batch.kept.iter().map(|k| k.0).collect();
+        assert_eq!(kept, [0, 1]);
         let c = shared.load();
         assert_eq!(c.received, 5);
         assert_eq!(c.dropped(DropReason::Stale), 1);
-        assert_eq!(c.replied, 1);
-        assert_eq!(c.send_errors, 1);
+        assert_eq!(c.replied, 2 - batch.chunks.len() as u64);
+        assert_eq!(c.send_errors, batch.chunks.len() as u64);
         assert_eq!(c.missing_rx_stamp, 1);
         assert_eq!(c.dropped(DropReason::TooShort), 1);
         assert_eq!(c.dropped(DropReason::Oversize), 1);
@@ -355,20 +482,67 @@ mod tests {
     }
 
     #[test]
+    fn every_kept_reply_is_stamped_and_sent_once_in_order() {
+        let (mut w, shared) = worker(true);
+        let req = request();
+        let rx = clock::now();
+        let dgram = Datagram {
+            payload: &req,
+            truncated: false,
+            rx_stamp: Some(rx),
+        };
+        let mut batch = TestBatch::new(vec![dgram; 10]);
+        w.serve_batch(&mut batch);
+        // Chunks cover the kept replies once, in order.
+        assert_eq!(batch.chunks.first().map(|c| c.start), Some(0));
+        assert_eq!(batch.chunks.last().map(|c| c.end), Some(10));
+        assert!(batch.chunks.windows(2).all(|w| w[0].end == w[1].start));
+        for (_, reply) in &batch.kept {
+            let h = Header::parse(reply).unwrap();
+            assert_eq!(h.receive_ts, NtpTimestamp::from_unix(rx));
+            assert!(h.transmit_ts.diff_units(h.receive_ts) >= 0);
+            assert!(h.transmit_ts.diff_secs(h.receive_ts) < 1.0);
+        }
+        // Kernel stamps on: the first chunk is probed, then not again
+        // within the probe interval.
+        assert_eq!(batch.probes, 1);
+        let mut again = TestBatch::new(vec![dgram; 3]);
+        w.serve_batch(&mut again);
+        assert_eq!(again.probes, 0);
+        assert_eq!(shared.load().replied, 13);
+    }
+
+    #[test]
+    fn a_reply_without_room_is_a_send_error() {
+        let (mut w, shared) = worker(true);
+        let req = request();
+        let dgram = Datagram {
+            payload: &req,
+            truncated: false,
+            rx_stamp: Some(clock::now()),
+        };
+        let mut batch = TestBatch::new(vec![dgram; 4]);
+        batch.room = Some(3);
+        w.serve_batch(&mut batch);
+        assert_eq!(batch.kept.len(), 3);
+        assert_eq!(batch.chunks.last().map(|c| c.end), Some(3));
+        let c = shared.load();
+        assert_eq!((c.replied, c.send_errors), (3, 1));
+    }
+
+    #[test]
     fn missing_stamps_are_not_counted_when_timestamping_is_off() {
         let (mut w, shared) = worker(false);
-        let mut out = [0u8; 48];
         let req = request();
-        w.handle(
-            Datagram {
-                payload: &req,
-                truncated: false,
-                rx_stamp: None,
-            },
-            &mut out,
-        );
-        w.end_batch(&[]);
+        let mut batch = TestBatch::new(vec![Datagram {
+            payload: &req,
+            truncated: false,
+            rx_stamp: None,
+        }]);
+        w.serve_batch(&mut batch);
         assert_eq!(shared.load().missing_rx_stamp, 0);
         assert_eq!(shared.load().replied, 1);
+        // Without kernel stamps nothing is probed.
+        assert_eq!(batch.probes, 0);
     }
 }

@@ -1,8 +1,10 @@
 //! The reply pipeline: request bytes, their receive time and the published
 //! [`ServerState`] in; a 48-byte mode-4 reply or a drop verdict with its
 //! reason out. Checks run cheapest first (length → mode → framing), so junk
-//! costs almost nothing. Pure: the caller supplies every time, including a
-//! closure that reads the transmit time, called as late as possible.
+//! costs almost nothing. A reply is built once by [`respond`] and stamped
+//! once by [`stamp_transmit`] just before it is sent (a batch is built
+//! first and each reply stamped with its own predicted departure). Pure:
+//! the caller supplies every time.
 
 use super::packet::{validate_request, Header, Mode, PacketError, HEADER_LEN};
 use super::state::ServerState;
@@ -88,9 +90,10 @@ pub enum Verdict {
 /// - `request`: the whole datagram as received.
 /// - `received`: its kernel receive time (on the kernel clock; the state's
 ///   correction is applied here).
-/// - `transmit_clock`: reads the kernel clock; called once, after everything
-///   else is ready, so the transmit timestamp is as late as possible.
-/// - `reply`: where the reply is written on [`Verdict::Reply`].
+/// - `reply`: where the reply is written on [`Verdict::Reply`]: every field
+///   but the two that depend on the moment it leaves (transmit timestamp,
+///   root dispersion), which [`stamp_transmit`] writes; a reply must pass
+///   through it before it is sent.
 ///
 /// The reply is always 48 bytes, never longer than the request: extension
 /// fields and MACs are skipped, not echoed.
@@ -98,7 +101,6 @@ pub fn respond(
     request: &[u8],
     received: UnixTime,
     state: &ServerState,
-    transmit_clock: impl FnOnce() -> UnixTime,
     reply: &mut [u8; HEADER_LEN],
 ) -> Verdict {
     let Some(&first) = request.first() else {
@@ -118,9 +120,8 @@ pub fn respond(
         Err(e) => return Verdict::Drop(e.into()),
     };
 
-    let correction = &state.correction;
-    let receive_ts = correction.apply(NtpTimestamp::from_unix(received));
-    let mut header = Header {
+    let receive_ts = state.correction.apply(NtpTimestamp::from_unix(received));
+    let header = Header {
         leap: state.leap,
         version: req.version,
         mode: Mode::Server.to_bits(),
@@ -133,25 +134,19 @@ pub fn respond(
         reference_ts: state.reference_time,
         origin_ts: req.transmit_ts,
         receive_ts,
+        // Both written by `stamp_transmit`.
         transmit_ts: receive_ts,
     };
-    let transmit_ts = correction.apply(NtpTimestamp::from_unix(transmit_clock()));
-    // A reply never leaves before it arrived, even if the clock read and the
-    // kernel stamp disagree by a few nanoseconds.
-    if transmit_ts.diff_units(receive_ts) > 0 {
-        header.transmit_ts = transmit_ts;
-    }
-    header.root_dispersion = state.root_dispersion_at(header.transmit_ts);
     header.write(reply);
     Verdict::Reply
 }
 
-/// Rewrites the transmit timestamp of a reply built by [`respond`] to
-/// `transmit` (kernel clock): backends that send replies in batches build
-/// them first and stamp each one just before the batch goes out, with the
-/// moment its own send is expected to run. Keeps transmit ≥ receive and
-/// recomputes the root dispersion for the new transmit time.
-pub fn restamp_transmit(reply: &mut [u8; HEADER_LEN], state: &ServerState, transmit: UnixTime) {
+/// Completes a reply built by [`respond`] for `transmit` (kernel clock),
+/// the moment it is expected to leave: writes its transmit timestamp (with
+/// the state's correction; never before the receive timestamp, even if the
+/// clock read and the kernel stamp disagree by a few nanoseconds) and the
+/// root dispersion at that moment. Stamping again moves only these two.
+pub fn stamp_transmit(reply: &mut [u8; HEADER_LEN], state: &ServerState, transmit: UnixTime) {
     let mut receive = [0u8; 8];
     receive.copy_from_slice(&reply[32..40]);
     let receive_ts = NtpTimestamp::from_be_bytes(receive);
@@ -202,9 +197,18 @@ mod tests {
         }
     }
 
+    /// Answers `req` received at RX and stamps the reply for TX.
+    fn reply_to(req: &[u8], state: &ServerState, out: &mut [u8; 48]) -> Verdict {
+        let v = respond(req, RX, state, out);
+        if v == Verdict::Reply {
+            stamp_transmit(out, state, TX);
+        }
+        v
+    }
+
     fn answer(req: &[u8], state: &ServerState) -> (Verdict, Header) {
         let mut out = [0u8; 48];
-        let v = respond(req, RX, state, || TX, &mut out);
+        let v = reply_to(req, state, &mut out);
         (v, Header::parse(&out).unwrap())
     }
 
@@ -251,7 +255,7 @@ mod tests {
     fn only_client_mode_is_answered() {
         for mode in [0, 1, 2, 4, 5, 6, 7] {
             let mut out = [0u8; 48];
-            let v = respond(&request(4, mode), RX, &synced_state(), || TX, &mut out);
+            let v = reply_to(&request(4, mode), &synced_state(), &mut out);
             assert_eq!(v, Verdict::Drop(DropReason::NotClientMode), "mode {mode}");
         }
     }
@@ -260,7 +264,7 @@ mod tests {
     fn bad_framing_is_dropped_with_its_reason() {
         let state = synced_state();
         let mut out = [0u8; 48];
-        let mut drop = |bytes: &[u8]| match respond(bytes, RX, &state, || TX, &mut out) {
+        let mut drop = |bytes: &[u8]| match reply_to(bytes, &state, &mut out) {
             Verdict::Drop(r) => r,
             Verdict::Reply => panic!("answered {bytes:?}"),
         };
@@ -289,7 +293,9 @@ mod tests {
     fn transmit_never_precedes_receive() {
         let mut out = [0u8; 48];
         let early = UnixTime::new(RX.secs - 1, 0);
-        respond(&request(4, 3), RX, &synced_state(), || early, &mut out);
+        let state = synced_state();
+        respond(&request(4, 3), RX, &state, &mut out);
+        stamp_transmit(&mut out, &state, early);
         let h = Header::parse(&out).unwrap();
         assert_eq!(h.transmit_ts, h.receive_ts);
     }
@@ -309,13 +315,13 @@ mod tests {
     }
 
     #[test]
-    fn restamp_moves_only_transmit_and_dispersion() {
+    fn restamping_moves_only_transmit_and_dispersion() {
         let state = synced_state();
         let mut out = [0u8; 48];
-        respond(&request(4, 3), RX, &state, || TX, &mut out);
+        reply_to(&request(4, 3), &state, &mut out);
         let before = Header::parse(&out).unwrap();
         let later = UnixTime::new(TX.secs + 100, TX.nanos);
-        restamp_transmit(&mut out, &state, later);
+        stamp_transmit(&mut out, &state, later);
         let after = Header::parse(&out).unwrap();
         assert_eq!(after.transmit_ts, NtpTimestamp::from_unix(later));
         assert!(after.root_dispersion > before.root_dispersion);
@@ -325,7 +331,7 @@ mod tests {
             ..after
         };
         assert_eq!(same, before);
-        restamp_transmit(&mut out, &state, UnixTime::new(RX.secs - 5, 0));
+        stamp_transmit(&mut out, &state, UnixTime::new(RX.secs - 5, 0));
         let clamped = Header::parse(&out).unwrap();
         assert_eq!(clamped.transmit_ts, clamped.receive_ts);
     }
@@ -334,7 +340,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic_nor_grow(bytes in proptest::collection::vec(any::<u8>(), 0..1400)) {
             let mut out = [0u8; 48];
-            let v = respond(&bytes, RX, &synced_state(), || TX, &mut out);
+            let v = reply_to(&bytes, &synced_state(), &mut out);
             if v == Verdict::Reply {
                 prop_assert!(bytes.len() >= HEADER_LEN);
                 prop_assert_eq!(bytes[0] & 7, 3);

@@ -478,7 +478,7 @@ pub fn stamped_client_for(server: SocketAddr) -> UdpSocket {
     use std::os::fd::AsRawFd;
     let sock = client_for(server);
     let flags = (libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE) as i32;
-    fastntp::io::socket::setsockopt_int(
+    fastntp::sys::socket::setsockopt_int(
         sock.as_raw_fd(),
         libc::SOL_SOCKET,
         libc::SO_TIMESTAMPING,
@@ -491,12 +491,13 @@ pub fn stamped_client_for(server: SocketAddr) -> UdpSocket {
 /// Receives one datagram with its kernel receive timestamp (within the
 /// socket's read timeout).
 pub fn recv_stamped(sock: &UdpSocket) -> Option<(Vec<u8>, fastntp::proto::UnixTime)> {
-    use fastntp::io::socket::{recv_with_control, ControlBuf};
+    use fastntp::sys::cmsg::AnyControl;
+    use fastntp::sys::socket::recv_with_control;
     use std::os::fd::AsRawFd;
     let mut buf = [0u8; 2048];
-    let mut control = ControlBuf::default();
+    let mut control = AnyControl::default();
     let (n, bytes) = recv_with_control(sock.as_raw_fd(), &mut buf, &mut control, 0).ok()??;
-    let stamp = fastntp::io::cmsg::parse(bytes).rx_stamp?;
+    let stamp = fastntp::sys::cmsg::parse(bytes).rx_stamp?;
     Some((buf[..n].to_vec(), stamp))
 }
 

@@ -49,6 +49,29 @@ const TSFLAGS_LEN: usize = 4;
 /// reply, a request for its transmit timestamp.
 pub const SEND_CONTROL_LEN: usize = space(IN6_PKTINFO_LEN) + space(TSFLAGS_LEN);
 
+/// A control-message buffer of `N` bytes, aligned as the kernel's
+/// `cmsghdr`s (message headers point into it).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug)]
+pub struct ControlBuf<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> Default for ControlBuf<N> {
+    fn default() -> Self {
+        ControlBuf([0; N])
+    }
+}
+
+/// Room for everything this crate asks the kernel for on one datagram or
+/// one error-queue message.
+pub const ANY_CONTROL_LEN: usize = if RECV_CONTROL_LEN > ERRQUEUE_CONTROL_LEN {
+    RECV_CONTROL_LEN
+} else {
+    ERRQUEUE_CONTROL_LEN
+};
+
+/// A buffer for any one message's control data (see [`ANY_CONTROL_LEN`]).
+pub type AnyControl = ControlBuf<ANY_CONTROL_LEN>;
+
 /// The local end of a request, as packet info reports it; used as the
 /// source of the reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,13 @@
+//! The thin layer over Linux that the serving backends ([`crate::io`]) and
+//! the upstream client ([`crate::discipline`]) share, and nothing else:
+//! control messages ([`cmsg`]), socket options, drop counts and one
+//! `recvmsg` with its control data ([`socket`]), kernel transmit timestamps
+//! read from the error queue ([`txstamp`]), zeroed C-struct arrays for
+//! batched system calls ([`buffers`]) and thread pinning ([`cpu`]). It
+//! knows sockets and timestamps, not NTP.
+
+pub mod buffers;
+pub mod cmsg;
+pub mod cpu;
+pub mod socket;
+pub mod txstamp;
