@@ -20,24 +20,28 @@
 //! [`probe`] checks that all of this works on the running kernel (container
 //! seccomp profiles often refuse io_uring) before a worker relies on it.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+mod batch;
+mod buffers;
+mod probe;
+
+pub use probe::probe;
+
 use std::io;
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
 use super::errors::{self, Backoff, ErrorAction, RingFailures};
 use super::mmsg::{self, MmsgBatch};
 use super::socket::ListenSocket;
 use super::txtime::{Departures, SEND_CHUNK};
-use super::worker::{Batch, Datagram, Sent, Worker};
+use super::worker::{Batch, Worker};
 use crate::proto::{UnixTime, HEADER_LEN};
-use crate::sys::buffers::zeroed_slice;
-use crate::sys::cmsg::{self, ControlBuf, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use crate::sys::cmsg::{LocalAddr, RECV_CONTROL_LEN};
 use crate::sys::txstamp::{self, ProbeKeys};
+use buffers::{recv_template, BufRing, SendSlots};
 
 /// Provided receive buffers per worker (a power of two). Buffers go back to
 /// the ring within the batch that used them, so this bounds one batch.
@@ -91,140 +95,6 @@ fn new_ring(entries: u32, cq_entries: u32) -> io::Result<IoUring> {
         .setup_coop_taskrun()
         .setup_cqsize(cq_entries)
         .build(entries)
-}
-
-/// The page-aligned ring of provided-buffer descriptors plus the buffers it
-/// hands out. Owned by one worker thread.
-struct BufRing {
-    entries: *mut BufRingEntry,
-    layout: Layout,
-    slab: Box<[u8]>,
-    count: u16,
-    /// Local producer position, published to the kernel by [`Self::publish`].
-    tail: u16,
-}
-
-impl BufRing {
-    fn new(count: u16) -> io::Result<Self> {
-        let layout =
-            Layout::from_size_align(count as usize * std::mem::size_of::<BufRingEntry>(), 4096)
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: the layout has a non-zero size (count > 0).
-        let entries = unsafe { alloc_zeroed(layout) }.cast::<BufRingEntry>();
-        if entries.is_null() {
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        }
-        let mut ring = BufRing {
-            entries,
-            layout,
-            slab: vec![0u8; count as usize * RECV_BUF_LEN].into_boxed_slice(),
-            count,
-            tail: 0,
-        };
-        for bid in 0..count {
-            ring.give(bid);
-        }
-        ring.publish();
-        Ok(ring)
-    }
-
-    /// Registers the ring with `uring` as [`BUFFER_GROUP`].
-    fn register(&self, uring: &IoUring) -> io::Result<()> {
-        // SAFETY: the descriptor array and the slab live as long as `self`,
-        // and `self` is dropped only after the ring (see `UringWorker`).
-        unsafe {
-            uring.submitter().register_buf_ring_with_flags(
-                self.entries as u64,
-                self.count,
-                BUFFER_GROUP,
-                0,
-            )
-        }
-    }
-
-    /// Hands buffer `bid` (back) to the kernel; visible after `publish`.
-    fn give(&mut self, bid: u16) {
-        let slot = (self.tail & (self.count - 1)) as usize;
-        let addr = self.slab[bid as usize * RECV_BUF_LEN..].as_ptr() as u64;
-        // SAFETY: slot < count, inside the allocation; only this thread
-        // writes entries, and the kernel reads an entry only once the tail
-        // published by `publish` covers it.
-        let entry = unsafe { &mut *self.entries.add(slot) };
-        entry.set_addr(addr);
-        entry.set_len(RECV_BUF_LEN as u32);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Makes every buffer given so far visible to the kernel.
-    fn publish(&self) {
-        // SAFETY: `entries` points at the initialised first entry of the
-        // ring; the tail field overlays its reserved word and is shared with
-        // the kernel, so it is accessed atomically with release ordering
-        // (entries written before, tail after).
-        let tail = unsafe { &*BufRingEntry::tail(self.entries).cast::<AtomicU16>() };
-        tail.store(self.tail, Ordering::Release);
-    }
-
-    /// The first `len` bytes of buffer `bid`.
-    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
-        let start = (bid as usize % self.count as usize) * RECV_BUF_LEN;
-        &self.slab[start..start + len.min(RECV_BUF_LEN)]
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout; the kernel no longer
-        // uses it because the ring was dropped first.
-        unsafe { dealloc(self.entries.cast(), self.layout) }
-    }
-}
-
-/// Reply slots: header, payload, destination and packet info of each reply
-/// in flight. Headers point into the boxed arrays, which never move.
-struct SendSlots {
-    hdr: Box<[libc::msghdr]>,
-    iov: Box<[libc::iovec]>,
-    reply: Box<[[u8; HEADER_LEN]]>,
-    name: Box<[[u8; NAME_LEN]]>,
-    control: Box<[ControlBuf<SEND_CONTROL_LEN>]>,
-    free: Vec<u32>,
-}
-
-impl SendSlots {
-    fn new(n: usize) -> Self {
-        let mut s = SendSlots {
-            // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
-            hdr: unsafe { zeroed_slice(n) },
-            // SAFETY: all-zero is a valid iovec.
-            iov: unsafe { zeroed_slice(n) },
-            reply: vec![[0u8; HEADER_LEN]; n].into_boxed_slice(),
-            name: vec![[0u8; NAME_LEN]; n].into_boxed_slice(),
-            control: vec![ControlBuf::default(); n].into_boxed_slice(),
-            free: (0..n as u32).rev().collect(),
-        };
-        for i in 0..n {
-            s.iov[i] = libc::iovec {
-                iov_base: s.reply[i].as_mut_ptr().cast(),
-                iov_len: HEADER_LEN,
-            };
-            s.hdr[i].msg_iov = &mut s.iov[i];
-            s.hdr[i].msg_iovlen = 1;
-            s.hdr[i].msg_name = s.name[i].as_mut_ptr().cast();
-        }
-        s
-    }
-}
-
-/// A receive template per socket: only its name and control lengths matter
-/// to the kernel (they lay out each buffer).
-fn recv_template() -> libc::msghdr {
-    // SAFETY: all-zero is a valid msghdr.
-    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-    m.msg_namelen = NAME_LEN as u32;
-    m.msg_controllen = RECV_CONTROL_LEN as _;
-    m
 }
 
 /// Why a ring stopped serving.
@@ -489,26 +359,6 @@ impl<'a> UringWorker<'a> {
         Ok(())
     }
 
-    /// Queues the send of the reply in `slot` through socket `sock`.
-    fn push_send(&mut self, slot: u32, sock: u32) -> Result<(), Failure> {
-        let s = slot as usize;
-        let hdr = &self.slots.hdr[s];
-        // Packet info needs a message header; otherwise a plain send with a
-        // destination spares the kernel copying one in.
-        let entry = if hdr.msg_controllen == 0 {
-            opcode::Send::new(Fixed(sock), self.slots.reply[s].as_ptr(), HEADER_LEN as u32)
-                .dest_addr(self.slots.name[s].as_ptr().cast())
-                .dest_addr_len(hdr.msg_namelen)
-                .flags(libc::MSG_DONTWAIT)
-                .build()
-        } else {
-            opcode::SendMsg::new(Fixed(sock), hdr)
-                .flags(libc::MSG_DONTWAIT as u32)
-                .build()
-        };
-        push(&mut self.ring, &entry.user_data(TAG_SEND | slot as u64))
-    }
-
     /// Switches the transmit stamps of the probed chunk's socket off again,
     /// once its sends were submitted.
     fn stop_tx_stamping(&mut self) {
@@ -682,173 +532,6 @@ impl<'a> UringWorker<'a> {
         }
         Ok(())
     }
-
-    /// The receive buffer of datagram `i` of the batch, parsed.
-    fn message(&self, i: usize) -> Option<RecvMsgOut<'_>> {
-        let (sock, bid, len) = self.received[i];
-        let buffer = self.buffers.buffer(bid, len as usize);
-        RecvMsgOut::parse(buffer, &self.templates[sock as usize]).ok()
-    }
-
-    /// Takes a send slot for the next reply, unless one is already taken.
-    fn take_slot(&mut self) -> Option<u32> {
-        if self.current.is_none() {
-            self.current = self.slots.free.pop();
-        }
-        self.current
-    }
-}
-
-impl Batch for UringWorker<'_> {
-    fn received(&self) -> usize {
-        self.received.len()
-    }
-
-    fn request(&mut self, i: usize) -> (Datagram<'_>, &mut [u8; HEADER_LEN]) {
-        let slot = self.take_slot();
-        let (sock, bid, len) = self.received[i];
-        let buffer = self.buffers.buffer(bid, len as usize);
-        let reply = match slot {
-            Some(s) => &mut self.slots.reply[s as usize],
-            None => &mut self.scratch,
-        };
-        let Ok(msg) = RecvMsgOut::parse(buffer, &self.templates[sock as usize]) else {
-            // Shorter than the header the kernel writes: never seen, but
-            // counted (as oversize) rather than trusted.
-            let dgram = Datagram {
-                payload: &[],
-                truncated: true,
-                rx_stamp: None,
-            };
-            return (dgram, reply);
-        };
-        let info = cmsg::parse(msg.control_data());
-        let (len, truncated) = (msg.payload_data().len(), msg.is_payload_truncated());
-        // The payload follows the name and control fields the template
-        // lays out (`parse` checked that it lies within the buffer).
-        let payload = buffer.get(PAYLOAD_AT..PAYLOAD_AT + len).unwrap_or_default();
-        self.current_local = if self.sockets[sock as usize].wildcard {
-            info.local
-        } else {
-            None
-        };
-        let dgram = Datagram {
-            payload,
-            truncated,
-            rx_stamp: info.rx_stamp,
-        };
-        (dgram, reply)
-    }
-
-    fn keep(&mut self, i: usize) -> Result<(), i32> {
-        // Every slot in flight: the reply went to scratch.
-        let slot = self.current.take().ok_or(libc::ENOBUFS)?;
-        let s = slot as usize;
-        let mut name = [0u8; NAME_LEN];
-        let n = match self.message(i) {
-            Some(msg) => {
-                let from = msg.name_data();
-                let n = from.len().min(NAME_LEN);
-                name[..n].copy_from_slice(&from[..n]);
-                n
-            }
-            None => 0,
-        };
-        self.slots.name[s] = name;
-        let control = &mut self.slots.control[s].0;
-        let (control_ptr, control_len) = match &self.current_local {
-            Some(local) => (control.as_mut_ptr(), cmsg::write_source(control, local)),
-            None => (std::ptr::null_mut(), 0),
-        };
-        let hdr = &mut self.slots.hdr[s];
-        hdr.msg_namelen = n as u32;
-        hdr.msg_control = control_ptr.cast();
-        hdr.msg_controllen = control_len as _;
-        self.pending.push((slot, self.received[i].0));
-        Ok(())
-    }
-
-    fn answered(&mut self) {
-        if let Some(slot) = self.current.take() {
-            self.slots.free.push(slot);
-        }
-        if self.received.is_empty() {
-            return;
-        }
-        for &(_, bid, _) in &self.received {
-            self.buffers.give(bid);
-        }
-        self.received.clear();
-        self.buffers.publish();
-    }
-
-    fn reply(&mut self, k: usize) -> &mut [u8; HEADER_LEN] {
-        &mut self.slots.reply[self.pending[k].0 as usize]
-    }
-
-    /// One probed chunk at a time, all on one socket (transmit stamps are
-    /// switched on per socket).
-    fn probe(&mut self, chunk: Range<usize>) -> bool {
-        let sock = self.pending[chunk.start].1 as usize;
-        let ok = self.tx_sample.is_none()
-            && self.pending[chunk].iter().all(|p| p.1 as usize == sock)
-            && txstamp::set_tx_stamping(self.sockets[sock].fd(), true).is_ok();
-        self.probing = ok.then_some(sock);
-        ok
-    }
-
-    /// Queues the chunk's sends; all but the batch's last chunk are
-    /// submitted at once, the last goes out with the next wait. A batch
-    /// of one chunk costs no system call of its own.
-    fn send(&mut self, chunk: Range<usize>, t0: UnixTime) -> Sent {
-        if self.failure.is_some() {
-            // The ring is being given up; its replies are lost with it.
-            return Sent::default();
-        }
-        for i in chunk.clone() {
-            let (slot, sock) = self.pending[i];
-            if let Err(f) = self.push_send(slot, sock) {
-                self.failure = Some(f);
-                return Sent::default();
-            }
-        }
-        if let Some(sock) = self.probing.take() {
-            let keys = &mut self.state[sock].keys;
-            let first = keys.next();
-            let len = chunk.len().min(SEND_CHUNK);
-            keys.sent(len);
-            let mut slots = [None; SEND_CHUNK];
-            for (k, p) in self.pending[chunk.start..chunk.start + len]
-                .iter()
-                .enumerate()
-            {
-                slots[k] = Some(p.0);
-            }
-            self.tx_sample = Some(TxSample {
-                t0,
-                sock,
-                len,
-                first,
-                stamping: true,
-                slots,
-            });
-        }
-        if chunk.end < self.pending.len() {
-            if let Err(f) = submit(&mut self.ring) {
-                self.failure = Some(f);
-            }
-            self.stop_tx_stamping();
-        }
-        Sent::default()
-    }
-
-    fn departures(&mut self) -> Option<Departures> {
-        self.departed.take()
-    }
-
-    fn sockets(&self) -> &[ListenSocket] {
-        self.sockets
-    }
 }
 
 /// Serves `sockets` from an io_uring until `stop` is set. A ring that fails
@@ -876,50 +559,5 @@ pub fn serve(
                 worker.note_ring_restart(&e);
             }
         }
-    }
-}
-
-/// Checks that this kernel (and any seccomp policy around us) lets a worker
-/// do everything [`serve`] does: set up a single-issuer deferred-taskrun
-/// ring, register a provided-buffer ring, and receive a datagram through a
-/// multishot `RecvMsg` on a UDP socket. Takes about a millisecond.
-pub fn probe() -> Result<(), Unavailable> {
-    let fail = |what: &str, e: io::Error| Unavailable(format!("{what}: {e}"));
-    // Declared before the ring, so dropped after it.
-    let template = recv_template();
-    let buffers = BufRing::new(2).map_err(|e| fail("buffer ring", e))?;
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| fail("probe socket", e))?;
-    let addr = sock.local_addr().map_err(|e| fail("probe socket", e))?;
-    let mut ring = new_ring(8, 16).map_err(|e| fail("ring setup refused", e))?;
-    buffers.register(&ring).map_err(|e| {
-        fail(
-            "provided-buffer ring registration refused (kernel < 5.19?)",
-            e,
-        )
-    })?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    let entry = opcode::RecvMsgMulti::new(Fd(fd), &template, BUFFER_GROUP)
-        .build()
-        .user_data(TAG_RECV);
-    // SAFETY: `template`, `buffers` and `sock` are declared before `ring`
-    // and so outlive every operation on it.
-    unsafe { ring.submission().push(&entry) }
-        .map_err(|_| Unavailable("submission queue full".into()))?;
-    ring.submit().map_err(|e| fail("submit", e))?;
-    sock.send_to(b"probe", addr)
-        .map_err(|e| fail("probe send", e))?;
-    let timeout = Timespec::new().nsec(200_000_000);
-    let args = SubmitArgs::new().timespec(&timeout);
-    let waited = ring.submitter().submit_with_args(1, &args);
-    let cqe = ring.completion().next();
-    match (waited, cqe) {
-        (_, Some(cqe)) if cqe.result() > 0 && cqueue::more(cqe.flags()) => Ok(()),
-        (_, Some(cqe)) if cqe.result() < 0 => Err(fail(
-            "multishot recvmsg (kernel < 6.0?)",
-            io::Error::from_raw_os_error(-cqe.result()),
-        )),
-        (_, Some(_)) => Err(Unavailable("multishot recvmsg ended at once".into())),
-        (Err(e), None) => Err(fail("waiting for the probe datagram", e)),
-        (Ok(_), None) => Err(Unavailable("no completion for the probe datagram".into())),
     }
 }
