@@ -12,7 +12,7 @@
 mod sim;
 
 use fastntp::config::{ClockConfig, DisciplineMode};
-use fastntp::discipline::clock::KernelStatus;
+use fastntp::discipline::kernel_clock::KernelStatus;
 use fastntp::discipline::status::{Reason, SyncState, Tally};
 use fastntp::proto::{LeapIndicator, RefId, UnixTime};
 use sim::{
@@ -142,7 +142,7 @@ fn kernel_mode_converges_against_the_fake_clock() {
         let ops = sim.clock.operations();
         assert!(
             !ops.iter()
-                .any(|o| matches!(o, fastntp::discipline::clock::FakeOp::Step(_))),
+                .any(|o| matches!(o, fastntp::discipline::kernel_clock::FakeOp::Step(_))),
             "{ops:?}"
         );
         assert!(sim.clock.error().abs() < 0.001);
@@ -297,7 +297,7 @@ fn the_2036_era_change_goes_unnoticed() {
 
 #[test]
 fn software_mode_is_unmoved_when_someone_else_steps_the_host_clock() {
-    use fastntp::discipline::clock::KernelClock;
+    use fastntp::discipline::kernel_clock::KernelClock;
     let mut sim = Sim::new(
         clock(DisciplineMode::Software, None),
         0.0,

@@ -22,11 +22,11 @@ use tracing::{debug, info, warn};
 
 use super::algo::combine::{self, Combined, Survivor};
 use super::algo::filter::Sample;
-use super::algo::select::{self, Candidate, Verdict};
+use super::algo::select::{self, Candidacy, Candidate};
 use super::algo::steer::{self, Action, SteerConfig, Trajectory};
 use super::algo::{MAX_DISTANCE, PHI};
-use super::clock::KernelStatus;
 use super::external::KernelUpdates;
+use super::kernel_clock::KernelStatus;
 use super::leapfile::{LeapFileError, LeapTable};
 use super::reach::{Change, UNREACHABLE_AFTER};
 use super::source::{refid_of, Kiss, Measurement, ReplyError, Source, SourceConfig};
@@ -838,15 +838,15 @@ impl Engine {
     /// when no source survives.
     fn select(&mut self, now: &Now) -> Result<Selection, Reason> {
         let (cand, index) = self.candidates(now);
-        let verdicts = select::select(&cand);
+        let outcomes = select::select(&cand);
         let mut tallies = vec![Tally::Rejected; self.slots.len()];
         let mut survivors = Vec::new();
-        for (k, v) in verdicts.iter().enumerate() {
+        for (k, v) in outcomes.iter().enumerate() {
             tallies[index[k]] = match v {
-                Verdict::Falseticker => Tally::Falseticker,
-                Verdict::Outlier => Tally::Outlier,
-                Verdict::Stale => Tally::Rejected,
-                Verdict::Survivor => {
+                Candidacy::Falseticker => Tally::Falseticker,
+                Candidacy::Outlier => Tally::Outlier,
+                Candidacy::Stale => Tally::Rejected,
+                Candidacy::Survivor => {
                     survivors.push(k);
                     Tally::Candidate
                 }

@@ -7,7 +7,7 @@
 //! - `software`: never touches the kernel clock; the published
 //!   [`Correction`](crate::proto::Correction) maps kernel time to served
 //!   time and workers apply it to every timestamp.
-//! - `kernel`: steers the kernel clock through [`clock::KernelClock`]
+//! - `kernel`: steers the kernel clock through [`kernel_clock::KernelClock`]
 //!   (adjtimex), keeps the drift file, arms leap seconds in the kernel.
 //! - `external`: another daemon steers the kernel clock; the thread reads
 //!   its status (read-only) and polls upstreams only to learn what to call
@@ -19,15 +19,15 @@
 //! state: reasons and their log lines), [`external`] (external mode: the
 //! other daemon's clock updates), [`pool`] (which addresses to poll:
 //! resolution, pool replacement and back-off), [`runner`] (the thread's
-//! I/O loop), [`clock`] (kernel clock trait, real and fake), [`net`]
+//! I/O loop), [`kernel_clock`] (kernel clock trait, real and fake), [`net`]
 //! (polling sockets), [`resolve`] (DNS helper thread), [`status`] (what the
 //! control interface reads), [`drift`] and [`leapfile`] (files).
 
 pub mod algo;
-pub mod clock;
 pub mod drift;
 pub mod engine;
 pub mod external;
+pub mod kernel_clock;
 pub mod leapfile;
 pub mod net;
 pub mod pool;
@@ -36,26 +36,29 @@ pub mod resolve;
 pub mod runner;
 pub mod source;
 pub mod status;
+pub mod steering;
 pub mod transition;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::config::{Config, DisciplineMode, UpstreamConfig};
 use crate::proto::{ServerState, UnixTime};
 use crate::snapshot::Publisher;
-use clock::{ClockError, KernelClock, SystemClock};
 use drift::DriftError;
-use engine::{ClockCommand, Engine, EngineConfig, Now};
+use engine::{Engine, EngineConfig, Now};
+use kernel_clock::{ClockError, KernelClock, SystemClock};
 use leapfile::LeapTable;
 use status::StatusHandle;
 
 pub use pool::POOL_MEMBERS;
+use steering::Steering;
+pub use steering::{kernel_base, KernelSteering};
 
 /// Clock reads whose monotonic reads before and after are closer than this
 /// are taken at once.
@@ -75,84 +78,6 @@ pub enum DisciplineError {
     /// The thread could not be started.
     #[error("cannot start the discipline thread: {0}")]
     Spawn(std::io::Error),
-}
-
-/// Carries out an engine's [`ClockCommand`]s on a [`KernelClock`]: the
-/// engine speaks of corrections relative to the frequency the kernel had
-/// at start (`base_ppm`, from the drift file); the kernel takes absolute
-/// ppm.
-#[derive(Debug)]
-pub struct KernelBackend<C> {
-    clock: C,
-    base_ppm: f64,
-}
-
-impl<C: KernelClock> KernelBackend<C> {
-    /// Drives `clock`, whose frequency the engine takes as its zero.
-    pub fn new(clock: C, base_ppm: f64) -> Self {
-        KernelBackend { clock, base_ppm }
-    }
-
-    /// Takes `clock` over like chronyd does: resets whatever PLL, slew and
-    /// leap state a previous daemon left, then sets the frequency to
-    /// `base_ppm`, which the engine takes as its zero.
-    pub fn start(mut clock: C, base_ppm: f64) -> Result<Self, ClockError> {
-        clock.reset_pll()?;
-        clock.set_frequency(base_ppm)?;
-        Ok(Self::new(clock, base_ppm))
-    }
-
-    /// Carries out one command.
-    pub fn apply(&mut self, command: ClockCommand) -> Result<(), ClockError> {
-        match command {
-            ClockCommand::Step(secs) => self.clock.step(secs),
-            ClockCommand::Frequency(f) => self.clock.set_frequency(self.base_ppm + f * 1e6),
-            ClockCommand::Leap(leap) => self.clock.set_leap(leap),
-            ClockCommand::Sync(errors) => self.clock.set_sync(errors),
-        }
-    }
-
-    /// The frequency to remember in the drift file, ppm: the base plus the
-    /// engine's frequency estimate (`freq`, without any running slew).
-    pub fn drift_ppm(&self, freq: f64) -> f64 {
-        self.base_ppm + freq * 1e6
-    }
-
-    /// The clock driven.
-    pub fn clock(&self) -> &C {
-        &self.clock
-    }
-}
-
-/// The kernel frequency the discipline starts from, ppm: the drift file's
-/// when it holds a plausible one, else the kernel's `current` frequency (a
-/// missing file is normal at first start; a corrupt or implausible one is
-/// logged and ignored). Only an unreadable file is an error.
-pub fn kernel_base(drift_file: Option<&Path>, current: f64) -> Result<f64, DriftError> {
-    let Some(path) = drift_file else {
-        return Ok(current);
-    };
-    match drift::read(path) {
-        Ok(Some(ppm)) => {
-            info!("drift file {}: {ppm:+.3} ppm", path.display());
-            Ok(ppm)
-        }
-        Ok(None) => Ok(current),
-        Err(e @ (DriftError::Malformed { .. } | DriftError::Implausible { .. })) => {
-            warn!("{e}; ignored, starting from the kernel's {current:+.3} ppm");
-            Ok(current)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-enum Backend {
-    Software,
-    Kernel {
-        kernel: KernelBackend<SystemClock>,
-        drift_file: Option<PathBuf>,
-    },
-    External(SystemClock),
 }
 
 /// Reads the monotonic and kernel clocks at (nearly) the same instant.
@@ -199,7 +124,7 @@ fn tightest_read(mut read: impl FnMut() -> (Duration, UnixTime, Duration)) -> No
 /// The discipline, set up but not running yet.
 pub struct Prepared {
     engine: Engine,
-    backend: Backend,
+    steering: Steering,
     clocks: Clocks,
     upstreams: Vec<UpstreamConfig>,
     leap_file: Option<PathBuf>,
@@ -221,19 +146,19 @@ pub fn prepare(config: &Config, precision: i8) -> Result<Prepared, DisciplineErr
         warn!("{w}");
     }
     let clock_cfg = &config.clock;
-    let (backend, base_ppm) = match clock_cfg.discipline {
-        DisciplineMode::Software => (Backend::Software, 0.0),
+    let (steering, base_ppm) = match clock_cfg.discipline {
+        DisciplineMode::Software => (Steering::Software, 0.0),
         DisciplineMode::External => {
             SystemClock.status()?;
-            (Backend::External(SystemClock), 0.0)
+            (Steering::External(SystemClock), 0.0)
         }
         DisciplineMode::Kernel => {
             let current = SystemClock.status()?.frequency_ppm;
             let base = kernel_base(clock_cfg.drift_file.as_deref(), current)?;
             // Also the privilege check: fails with advice without CAP_SYS_TIME.
-            let kernel = KernelBackend::start(SystemClock, base)?;
+            let kernel = KernelSteering::start(SystemClock, base)?;
             (
-                Backend::Kernel {
+                Steering::Kernel {
                     kernel,
                     drift_file: clock_cfg.drift_file.clone(),
                 },
@@ -252,7 +177,7 @@ pub fn prepare(config: &Config, precision: i8) -> Result<Prepared, DisciplineErr
     if let Some(path) = &clock_cfg.leap_file {
         engine.leap_file_loaded(LeapTable::load(path));
     }
-    if let Backend::External(clock) = &backend {
+    if let Steering::External(clock) = &steering {
         engine.set_kernel_status(clock.status()?, &now);
     }
     engine.tick(&now);
@@ -260,7 +185,7 @@ pub fn prepare(config: &Config, precision: i8) -> Result<Prepared, DisciplineErr
     status.set(engine.status(&now));
     Ok(Prepared {
         engine,
-        backend,
+        steering,
         clocks,
         upstreams: config.upstreams.clone(),
         leap_file: clock_cfg.leap_file.clone(),
@@ -341,7 +266,6 @@ fn random_u64() -> u64 {
 mod tests {
     use super::*;
     use crate::proto::NtpTimestamp;
-    use clock::{FakeClock, FakeOp};
 
     #[test]
     fn the_tightest_of_several_clock_reads_is_kept() {
@@ -378,38 +302,5 @@ mod tests {
             )
         });
         assert_eq!(calls, 1);
-    }
-
-    #[test]
-    fn starting_kernel_mode_resets_a_leftover_pll() {
-        let epoch = UnixTime::new(1_550_000_000, 0);
-        let clock = FakeClock::new(epoch, 0.0, 0.0, 0.0, 1);
-        // Another daemon left the PLL running with 80 ms still to apply.
-        clock.leave_pll_running(0.080);
-        let backend = KernelBackend::start(clock.clone(), 12.5).unwrap();
-        assert_eq!(clock.pll(), (false, 0.0));
-        assert_eq!(
-            clock.operations(),
-            vec![FakeOp::ResetPll, FakeOp::Frequency(12.5)]
-        );
-        // Nothing moves the clock under the discipline.
-        clock.advance(600.0);
-        let expected = 12.5e-6 * 600.0;
-        assert!((clock.error() - expected).abs() < 1e-9, "{}", clock.error());
-        assert_eq!(backend.drift_ppm(0.0), 12.5);
-    }
-
-    #[test]
-    fn implausible_drift_files_are_ignored() {
-        let dir = std::env::temp_dir().join(format!("fastntp-base-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("drift");
-        assert_eq!(kernel_base(None, 3.0).unwrap(), 3.0);
-        assert_eq!(kernel_base(Some(&path), 3.0).unwrap(), 3.0, "missing");
-        for (content, want) in [("-17.25\n", -17.25), ("400\n", 3.0), ("junk", 3.0)] {
-            std::fs::write(&path, content).unwrap();
-            assert_eq!(kernel_base(Some(&path), 3.0).unwrap(), want, "{content}");
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

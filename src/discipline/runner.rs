@@ -1,6 +1,6 @@
 //! The discipline thread's loop. It does the I/O for the sans-IO parts —
 //! name resolution ([`super::resolve`]), polling sockets ([`super::net`]),
-//! the kernel clock ([`super::clock`]), the drift and leap-second files,
+//! the kernel clock ([`super::kernel_clock`]), the drift and leap-second files,
 //! publishing the snapshot — and leaves every decision to them: the
 //! [`Engine`] (what to send, what a reply means, how to steer), the
 //! [`Upstreams`] (which addresses to poll), and [`InFlight`] with
@@ -21,7 +21,7 @@ use super::engine::{Engine, Now, SourceId};
 use super::leapfile::LeapTable;
 use super::pool::Upstreams;
 use super::status::SyncState;
-use super::{drift, net, random_u64, resolve, Backend, Prepared};
+use super::{drift, net, random_u64, resolve, Prepared, Steering};
 use crate::proto::NtpTimestamp;
 use crate::snapshot::Publisher;
 
@@ -226,7 +226,7 @@ impl Runner {
 
     fn execute_commands(&mut self) {
         let commands = self.p.engine.take_commands();
-        if let Backend::Kernel { kernel, .. } = &mut self.p.backend {
+        if let Steering::Kernel { kernel, .. } = &mut self.p.steering {
             for c in commands {
                 if let Err(e) = kernel.apply(c) {
                     error!("kernel clock: {e}");
@@ -236,10 +236,10 @@ impl Runner {
     }
 
     fn periodic(&mut self, now: &Now) {
-        if let Backend::External(clock) = &self.p.backend {
+        if let Steering::External(clock) = &self.p.steering {
             if now.mono - self.last.external >= EXTERNAL_READ {
                 self.last.external = now.mono;
-                use super::clock::KernelClock;
+                use super::kernel_clock::KernelClock;
                 match clock.status() {
                     Ok(s) => self.p.engine.set_kernel_status(s, now),
                     Err(e) => warn!("{e}"),
@@ -277,7 +277,7 @@ impl Runner {
     fn shutdown(&mut self) {
         let now = self.p.clocks.now();
         let commands = self.p.engine.shutdown(&now);
-        if let Backend::Kernel { kernel, .. } = &mut self.p.backend {
+        if let Steering::Kernel { kernel, .. } = &mut self.p.steering {
             for c in commands {
                 if let Err(e) = kernel.apply(c) {
                     error!("kernel clock at exit: {e}");
@@ -288,10 +288,10 @@ impl Runner {
     }
 
     fn write_drift(&self) {
-        if let Backend::Kernel {
+        if let Steering::Kernel {
             kernel,
             drift_file: Some(path),
-        } = &self.p.backend
+        } = &self.p.steering
         {
             if self.p.engine.state() != SyncState::Starting {
                 let ppm = kernel.drift_ppm(self.p.engine.trajectory().freq);
