@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::algo::combine::{self, Combined, Survivor};
 use super::algo::filter::Sample;
 use super::algo::select::{self, Candidacy, Candidate};
-use super::algo::steer::{self, Action, SteerConfig, Trajectory};
+use super::algo::steer::{self, Action, SteerLimits, Trajectory};
 use super::algo::{MAX_DISTANCE, PHI};
 use super::external::KernelUpdates;
 use super::kernel_clock::KernelStatus;
@@ -32,7 +32,6 @@ use super::reach::{Change, UNREACHABLE_AFTER};
 use super::source::{refid_of, Kiss, Measurement, ReplyError, Source, SourceConfig};
 use super::status::{SourceStatus, Status, SyncState, SystemStatus, Tally};
 use super::transition::{self, Reason};
-use crate::config::{ClockConfig, DisciplineMode};
 use crate::proto::time::secs_to_units;
 use crate::proto::{
     Correction, LeapIndicator, NtpShort, NtpTimestamp, RefId, ServerState, UnixTime, HEADER_LEN,
@@ -123,44 +122,62 @@ pub struct Request {
 /// Identifies a source for the life of the engine.
 pub type SourceId = u64;
 
-/// How the engine steers.
+/// Which clock the engine steers (`[clock] discipline` in the engine's
+/// terms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClockMode {
+    /// The served time only: the kernel clock is never touched; the
+    /// published correction maps it to the served time.
+    #[default]
+    Software,
+    /// The kernel clock, through [`ClockCommand`]s.
+    Kernel,
+    /// None: another daemon steers the kernel clock, which is served as
+    /// is; the upstreams only name the stratum and refid.
+    External,
+}
+
+/// What the engine is told at start.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EngineConfig {
-    /// Discipline mode.
-    pub mode: DisciplineMode,
-    /// Step, slew and panic limits.
-    pub steer: SteerConfig,
-    /// Fallback stratum.
+pub struct EngineParams {
+    /// Which clock is steered.
+    pub mode: ClockMode,
+    /// Errors above this are stepped, smaller ones slewed (0 = never step
+    /// after the first correction), s.
+    pub step_threshold: f64,
+    /// Corrections above this are refused (0 = no limit), s.
+    pub panic_threshold: f64,
+    /// The first correction may exceed `panic_threshold`.
+    pub first_step_unlimited: bool,
+    /// Fallback stratum: serve the local clock at it when no upstream is
+    /// usable (`None`: serve "unsynchronized").
     pub local_stratum: Option<u8>,
     /// Our clock's precision, log2 s.
     pub precision: i8,
+    /// Kernel mode: the kernel frequency the discipline starts from, ppm
+    /// (the engine's zero).
+    pub base_ppm: f64,
     /// Upstreams are configured (their sources appear once resolved): the
     /// local-clock fallback waits [`STARTUP_GRACE`] for them.
     pub has_upstreams: bool,
 }
 
-impl EngineConfig {
-    /// From `[clock]`; `base_ppm` is the kernel frequency the discipline
-    /// starts from (kernel mode): the kernel takes ±500 ppm around zero, so
-    /// the engine's corrections may go from −500 − base to 500 − base.
-    pub fn new(clock: &ClockConfig, precision: i8, base_ppm: f64, has_upstreams: bool) -> Self {
-        let (freq_range, rate_range) = match clock.discipline {
-            DisciplineMode::Kernel => SteerConfig::kernel_ranges(base_ppm * 1e-6),
-            _ => SteerConfig::software_ranges(),
+impl EngineParams {
+    /// The step, slew and panic limits: in kernel mode the kernel takes
+    /// ±500 ppm around zero, so the engine's corrections may go from
+    /// −500 − `base_ppm` to 500 − `base_ppm`.
+    pub fn steer_limits(&self) -> SteerLimits {
+        let (freq_range, rate_range) = match self.mode {
+            ClockMode::Kernel => SteerLimits::kernel_ranges(self.base_ppm * 1e-6),
+            _ => SteerLimits::software_ranges(),
         };
-        EngineConfig {
-            mode: clock.discipline,
-            steer: SteerConfig {
-                step_threshold: clock.step_threshold,
-                panic_threshold: clock.panic_threshold,
-                first_step_unlimited: clock.first_step_unlimited,
-                step_first: clock.discipline == DisciplineMode::Software,
-                freq_range,
-                rate_range,
-            },
-            local_stratum: clock.local_stratum,
-            precision,
-            has_upstreams,
+        SteerLimits {
+            step_threshold: self.step_threshold,
+            panic_threshold: self.panic_threshold,
+            first_step_unlimited: self.first_step_unlimited,
+            step_first: self.mode == ClockMode::Software,
+            freq_range,
+            rate_range,
         }
     }
 }
@@ -226,7 +243,8 @@ fn leap_jump(leap: LeapIndicator) -> i8 {
 
 /// The discipline's state machine.
 pub struct Engine {
-    cfg: EngineConfig,
+    params: EngineParams,
+    steer: SteerLimits,
     slots: Vec<Slot>,
     next_id: SourceId,
     traj: Trajectory,
@@ -280,9 +298,10 @@ fn civil_day_of_month(z: i64) -> u32 {
 
 impl Engine {
     /// A new engine at `now`, serving nothing yet.
-    pub fn new(cfg: EngineConfig, now: &Now) -> Self {
+    pub fn new(params: EngineParams, now: &Now) -> Self {
         Engine {
-            cfg,
+            params,
+            steer: params.steer_limits(),
             slots: Vec::new(),
             next_id: 1,
             traj: Trajectory {
@@ -323,7 +342,7 @@ impl Engine {
         info!("upstream {} ({}) added", config.addr, config.name);
         let first = *self.first_added.get_or_insert(now.mono);
         let waited_for = !self.corrected && !self.removed_any && now.mono < first + FIRST_SYNC_WAIT;
-        let source = Source::new(config, now.mono, self.cfg.precision);
+        let source = Source::new(config, now.mono, self.params.precision);
         self.slots.push(Slot {
             id,
             source,
@@ -443,7 +462,7 @@ impl Engine {
     /// would otherwise keep applying, up to 500 ppm, after we are gone.
     pub fn shutdown(&mut self, now: &Now) -> Vec<ClockCommand> {
         let mut out = self.take_commands();
-        if self.cfg.mode == DisciplineMode::Kernel {
+        if self.params.mode == ClockMode::Kernel {
             self.traj.end_slew(now.mono);
             out.push(ClockCommand::Frequency(self.traj.freq));
         }
@@ -582,7 +601,7 @@ impl Engine {
     /// so they are added back.
     fn add_measurement(&mut self, id: SourceId, m: Measurement) {
         let traj = self.traj;
-        let shift = if self.cfg.mode == DisciplineMode::Kernel {
+        let shift = if self.params.mode == ClockMode::Kernel {
             traj.at(m.mono)
         } else {
             0.0
@@ -616,7 +635,7 @@ impl Engine {
     fn end_slew_when_due(&mut self, now: &Now) {
         if self.traj.slewing() && now.mono >= self.traj.slew_until {
             self.traj.end_slew(now.mono);
-            if self.cfg.mode == DisciplineMode::Kernel {
+            if self.params.mode == ClockMode::Kernel {
                 self.commands
                     .push(ClockCommand::Frequency(self.traj.rate()));
             }
@@ -658,7 +677,7 @@ impl Engine {
             slot.source.filter_mut().shift(-jump);
             slot.source.forget_request();
         }
-        if self.cfg.mode == DisciplineMode::Software {
+        if self.params.mode == ClockMode::Software {
             // Keep the served time continuous.
             self.traj.step(now.mono, -jump);
             self.dirty = true;
@@ -679,21 +698,21 @@ impl Engine {
             return;
         }
         self.state = state;
-        if self.cfg.mode == DisciplineMode::Kernel
+        if self.params.mode == ClockMode::Kernel
             && matches!(state, SyncState::LocalClock | SyncState::Unsynchronized)
         {
             // Tell other users of the kernel clock it is no longer vouched for.
             self.commands.push(ClockCommand::Sync(None));
         }
         let stratum = match state {
-            SyncState::LocalClock => self.cfg.local_stratum.unwrap_or(0),
+            SyncState::LocalClock => self.params.local_stratum.unwrap_or(0),
             _ => self.sys.map_or(0, |s| s.stratum),
         };
         transition::log(old, (state, reason), stratum);
     }
 
     fn fallback(&self) -> SyncState {
-        if self.cfg.local_stratum.is_some() {
+        if self.params.local_stratum.is_some() {
             SyncState::LocalClock
         } else {
             SyncState::Unsynchronized
@@ -702,7 +721,7 @@ impl Engine {
 
     fn enter_holdover(&mut self, reason: Reason) {
         // External mode takes its state from the kernel alone.
-        if self.state == SyncState::Synchronized && self.cfg.mode != DisciplineMode::External {
+        if self.state == SyncState::Synchronized && self.params.mode != ClockMode::External {
             self.set_state(SyncState::Holdover, reason);
         }
     }
@@ -717,7 +736,7 @@ impl Engine {
     }
 
     fn evaluate_state(&mut self, now: &Now) {
-        if self.cfg.mode == DisciplineMode::External {
+        if self.params.mode == ClockMode::External {
             self.evaluate_external(now);
             return;
         }
@@ -748,7 +767,7 @@ impl Engine {
     /// Why the first synchronization has not come by the end of the
     /// start-up wait.
     fn why_not_synchronized(&self, now: &Now) -> Reason {
-        if !self.cfg.has_upstreams {
+        if !self.params.has_upstreams {
             Reason::NoUpstreams
         } else if self.slots.iter().all(|s| s.source.last_reply().is_none()) {
             Reason::NoneAnswered {
@@ -789,7 +808,7 @@ impl Engine {
     }
 
     fn startup_grace_over(&self, now: &Now) -> bool {
-        !self.cfg.has_upstreams || now.mono - self.start_mono >= STARTUP_GRACE
+        !self.params.has_upstreams || now.mono - self.start_mono >= STARTUP_GRACE
     }
 
     /// Seconds since the last clock update (`None` before the first).
@@ -821,9 +840,7 @@ impl Engine {
     /// upstreams expire like a holdover does, so a server whose upstreams
     /// are gone stops naming them.
     fn age_out_external_peer(&mut self, now: &Now) {
-        if self.cfg.mode == DisciplineMode::External
-            && self.sys.is_some()
-            && self.holdover_over(now)
+        if self.params.mode == ClockMode::External && self.sys.is_some() && self.holdover_over(now)
         {
             info!(
                 "no upstream heard from for {:.0} minutes: no longer serving its stratum and refid",
@@ -1019,7 +1036,7 @@ impl Engine {
                 return;
             }
         };
-        let residual = if self.cfg.mode == DisciplineMode::External {
+        let residual = if self.params.mode == ClockMode::External {
             0.0
         } else {
             match self.steer_clock(&sel, now) {
@@ -1042,7 +1059,7 @@ impl Engine {
             target,
             sel.freq,
             first,
-            &self.cfg.steer,
+            &self.steer,
         );
         let residual = match action {
             Action::Refused(e) => {
@@ -1058,7 +1075,7 @@ impl Engine {
                 error.abs()
             }
         };
-        if self.cfg.mode == DisciplineMode::Kernel {
+        if self.params.mode == ClockMode::Kernel {
             self.commands
                 .push(ClockCommand::Frequency(self.traj.rate()));
         }
@@ -1073,14 +1090,14 @@ impl Engine {
     fn refuse(&mut self, error: f64) {
         let reason = Reason::PanicThreshold {
             offset: error,
-            limit: self.cfg.steer.panic_threshold,
+            limit: self.steer.panic_threshold,
         };
         self.set_state(SyncState::Unsynchronized, reason);
     }
 
     fn stepped(&mut self, error: f64) {
         info!("stepped the served clock by {error:+.6} s");
-        if self.cfg.mode == DisciplineMode::Kernel {
+        if self.params.mode == ClockMode::Kernel {
             self.commands.push(ClockCommand::Step(error));
             self.expected_jump += error;
             for slot in &mut self.slots {
@@ -1117,21 +1134,21 @@ impl Engine {
             jitter: sel.jitter,
             leap: sel.leap,
         });
-        if self.cfg.mode == DisciplineMode::Kernel {
+        if self.params.mode == ClockMode::Kernel {
             let maxerror = root_delay / 2.0 + root_dispersion;
             self.commands
                 .push(ClockCommand::Sync(Some((maxerror, sel.jitter))));
         }
         self.dirty = true;
-        if self.cfg.mode != DisciplineMode::External {
+        if self.params.mode != ClockMode::External {
             self.set_state(SyncState::Synchronized, Reason::Following(peer));
         }
     }
 
     /// Served time at `now` ignoring a pending leap second.
     fn served_unleaped(&self, now: &Now) -> NtpTimestamp {
-        match self.cfg.mode {
-            DisciplineMode::Software => now.kernel.add_secs(self.traj.at(now.mono)),
+        match self.params.mode {
+            ClockMode::Software => now.kernel.add_secs(self.traj.at(now.mono)),
             _ => now.kernel,
         }
     }
@@ -1184,8 +1201,8 @@ impl Engine {
     /// Plans (software mode) or arms (kernel mode) the leap second wanted
     /// at `midnight`.
     fn plan_leap(&mut self, wanted: LeapIndicator, midnight: i64) {
-        match self.cfg.mode {
-            DisciplineMode::Software => {
+        match self.params.mode {
+            ClockMode::Software => {
                 let step = leap_jump(wanted);
                 let plan = (step != 0).then_some(PlannedLeap { midnight, step });
                 if self.planned != plan && self.leap_done != Some(midnight) {
@@ -1193,7 +1210,7 @@ impl Engine {
                     self.dirty = true;
                 }
             }
-            DisciplineMode::Kernel => {
+            ClockMode::Kernel => {
                 // The kernel inserts or deletes the second itself at its
                 // midnight (see detect_foreign_step for the aftermath).
                 if wanted != self.kernel_armed {
@@ -1202,7 +1219,7 @@ impl Engine {
                     self.kernel_leap_midnight = midnight;
                 }
             }
-            DisciplineMode::External => {}
+            ClockMode::External => {}
         }
     }
 
@@ -1231,7 +1248,7 @@ impl Engine {
 
     /// The correction workers apply (software mode), at `now`.
     pub fn correction(&self, now: &Now) -> Correction {
-        if self.cfg.mode != DisciplineMode::Software {
+        if self.params.mode != ClockMode::Software {
             return Correction::NONE;
         }
         let (leap_at, leap_step) = match self.planned {
@@ -1252,7 +1269,7 @@ impl Engine {
 
     /// The state workers should serve from `now` on.
     pub fn server_state(&self, now: &Now) -> ServerState {
-        if self.cfg.mode == DisciplineMode::External {
+        if self.params.mode == ClockMode::External {
             return self.external_state(now);
         }
         match (self.state, &self.sys) {
@@ -1290,8 +1307,8 @@ impl Engine {
     fn local_state(&self, now: &Now, leap: LeapIndicator) -> ServerState {
         let served = self.served_unleaped(now);
         let mut s = ServerState::local_clock(
-            self.cfg.local_stratum.unwrap_or(15),
-            self.cfg.precision,
+            self.params.local_stratum.unwrap_or(15),
+            self.params.precision,
             served,
         );
         s.correction = self.correction(now);
@@ -1300,7 +1317,7 @@ impl Engine {
     }
 
     fn unsynchronized_state(&self, now: &Now) -> ServerState {
-        let mut s = ServerState::unsynchronized(self.cfg.precision);
+        let mut s = ServerState::unsynchronized(self.params.precision);
         s.correction = self.correction(now);
         s
     }
@@ -1309,7 +1326,7 @@ impl Engine {
         ServerState {
             leap: self.announce,
             stratum: sys.stratum,
-            precision: self.cfg.precision,
+            precision: self.params.precision,
             reference_id: sys.refid,
             reference_time: sys.update_served,
             root_delay: NtpShort::from_secs_f64(sys.root_delay),
@@ -1331,7 +1348,7 @@ impl Engine {
         let kernel_ppm = self.external.status().map_or(0.0, |k| k.frequency_ppm);
         Status {
             system: SystemStatus {
-                mode: self.cfg.mode,
+                mode: self.params.mode,
                 state: self.state,
                 reason: self.reason,
                 stratum: state.stratum,
@@ -1344,7 +1361,7 @@ impl Engine {
                     .map(|s| s.peer),
                 offset: self.sys.map_or(0.0, |s| s.offset),
                 jitter: self.sys.map_or(0.0, |s| s.jitter),
-                frequency_ppm: if self.cfg.mode == DisciplineMode::External {
+                frequency_ppm: if self.params.mode == ClockMode::External {
                     kernel_ppm
                 } else {
                     self.traj.freq * 1e6
@@ -1353,7 +1370,7 @@ impl Engine {
                 root_dispersion: state
                     .root_dispersion_at(self.served_unleaped(now))
                     .as_secs_f64(),
-                since_update: if self.cfg.mode == DisciplineMode::External {
+                since_update: if self.params.mode == ClockMode::External {
                     self.external.since_update(now.mono)
                 } else {
                     self.since_update(now)
@@ -1387,18 +1404,16 @@ fn source_status(slot: &Slot, now: &Now, traj_now: f64) -> SourceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discipline::test_support::engine_params;
 
     fn external_engine(local_stratum: Option<u8>) -> (Engine, Now) {
-        let clock = ClockConfig {
-            discipline: DisciplineMode::External,
+        let params = EngineParams {
             local_stratum,
-            ..ClockConfig::default()
+            has_upstreams: false,
+            ..engine_params(ClockMode::External)
         };
         let now = Now::new(10.0, UnixTime::new(1_800_000_000, 0));
-        (
-            Engine::new(EngineConfig::new(&clock, -20, 0.0, false), &now),
-            now,
-        )
+        (Engine::new(params, &now), now)
     }
 
     #[test]
@@ -1498,23 +1513,25 @@ mod tests {
 
     #[test]
     fn kernel_limits_follow_the_base_frequency() {
-        let clock = ClockConfig {
-            discipline: DisciplineMode::Kernel,
-            ..ClockConfig::default()
+        let kernel = EngineParams {
+            base_ppm: 400.0,
+            ..engine_params(ClockMode::Kernel)
         };
-        let cfg = EngineConfig::new(&clock, -20, 400.0, true);
-        let (lo, hi) = cfg.steer.freq_range;
+        let (lo, hi) = kernel.steer_limits().freq_range;
         assert!((lo + 900e-6).abs() < 1e-12 && (hi - 100e-6).abs() < 1e-12);
-        let soft = EngineConfig::new(&ClockConfig::default(), -20, 0.0, true);
-        assert_eq!(soft.steer.freq_range, (-500e-6, 500e-6));
+        let soft = engine_params(ClockMode::Software).steer_limits();
+        assert_eq!(soft.freq_range, (-500e-6, 500e-6));
     }
 
     #[test]
     fn a_failed_leap_file_reload_keeps_the_previous_list() {
         // 2016-12-31T12:00Z: the list schedules an insertion tonight.
-        let clock = ClockConfig::default();
+        let params = EngineParams {
+            has_upstreams: false,
+            ..engine_params(ClockMode::Software)
+        };
         let now = Now::new(10.0, UnixTime::new(1_483_185_600, 0));
-        let mut e = Engine::new(EngineConfig::new(&clock, -20, 0.0, false), &now);
+        let mut e = Engine::new(params, &now);
         e.leap_file_loaded(LeapTable::parse(
             "#@ 4000000000\n3644697600 36\n3692217600 37\n",
         ));

@@ -37,6 +37,8 @@ pub mod runner;
 pub mod source;
 pub mod status;
 pub mod steering;
+#[cfg(test)]
+mod test_support;
 pub mod transition;
 
 use std::path::PathBuf;
@@ -47,11 +49,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use crate::config::{Config, DisciplineMode, UpstreamConfig};
+use crate::config::{ClockConfig, Config, DisciplineMode, UpstreamConfig};
 use crate::proto::{ServerState, UnixTime};
 use crate::snapshot::Publisher;
 use drift::DriftError;
-use engine::{Engine, EngineConfig, Now};
+use engine::{ClockMode, Engine, EngineParams, Now};
 use kernel_clock::{ClockError, KernelClock, SystemClock};
 use leapfile::LeapTable;
 use status::StatusHandle;
@@ -78,6 +80,37 @@ pub enum DisciplineError {
     /// The thread could not be started.
     #[error("cannot start the discipline thread: {0}")]
     Spawn(std::io::Error),
+}
+
+impl From<DisciplineMode> for ClockMode {
+    fn from(mode: DisciplineMode) -> Self {
+        match mode {
+            DisciplineMode::Software => ClockMode::Software,
+            DisciplineMode::Kernel => ClockMode::Kernel,
+            DisciplineMode::External => ClockMode::External,
+        }
+    }
+}
+
+/// The engine's parameters from `[clock]` (`clock`), our clock's
+/// `precision` (log2 s), the kernel frequency the discipline starts from
+/// (`base_ppm`, kernel mode) and whether `[[upstream]]`s are configured.
+pub fn engine_params(
+    clock: &ClockConfig,
+    precision: i8,
+    base_ppm: f64,
+    has_upstreams: bool,
+) -> EngineParams {
+    EngineParams {
+        mode: clock.discipline.into(),
+        step_threshold: clock.step_threshold,
+        panic_threshold: clock.panic_threshold,
+        first_step_unlimited: clock.first_step_unlimited,
+        local_stratum: clock.local_stratum,
+        precision,
+        base_ppm,
+        has_upstreams,
+    }
 }
 
 /// Reads the monotonic and kernel clocks at (nearly) the same instant.
@@ -170,8 +203,9 @@ pub fn prepare(config: &Config, precision: i8) -> Result<Prepared, DisciplineErr
         origin: Instant::now(),
     };
     let now = clocks.now();
+    let has_upstreams = !config.upstreams.is_empty();
     let mut engine = Engine::new(
-        EngineConfig::new(clock_cfg, precision, base_ppm, !config.upstreams.is_empty()),
+        engine_params(clock_cfg, precision, base_ppm, has_upstreams),
         &now,
     );
     if let Some(path) = &clock_cfg.leap_file {
@@ -302,5 +336,34 @@ mod tests {
             )
         });
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn the_clock_section_maps_to_the_engine_parameters() {
+        let defaults = engine_params(&ClockConfig::default(), -20, 0.0, true);
+        assert_eq!(defaults, test_support::engine_params(ClockMode::Software));
+        let clock = ClockConfig {
+            discipline: DisciplineMode::Kernel,
+            step_threshold: 0.5,
+            panic_threshold: 0.0,
+            first_step_unlimited: false,
+            local_stratum: Some(3),
+            ..ClockConfig::default()
+        };
+        let want = EngineParams {
+            mode: ClockMode::Kernel,
+            step_threshold: 0.5,
+            panic_threshold: 0.0,
+            first_step_unlimited: false,
+            local_stratum: Some(3),
+            precision: -24,
+            base_ppm: 12.5,
+            has_upstreams: false,
+        };
+        assert_eq!(engine_params(&clock, -24, 12.5, false), want);
+        assert_eq!(
+            ClockMode::from(DisciplineMode::External),
+            ClockMode::External
+        );
     }
 }

@@ -347,9 +347,8 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::config::ClockConfig;
-    use crate::discipline::engine::EngineConfig;
-    use crate::discipline::source::test_replies::primary_reply;
+    use crate::discipline::engine::ClockMode;
+    use crate::discipline::test_support::{engine_params, primary_reply};
     use crate::proto::{RefId, UnixTime};
 
     #[derive(Clone, Copy, Debug, PartialEq)]
@@ -394,9 +393,8 @@ mod tests {
     impl World {
         fn new(configs: &[UpstreamConfig]) -> World {
             let now = Now::new(0.0, UnixTime::new(EPOCH, 0));
-            let cfg = EngineConfig::new(&ClockConfig::default(), -20, 0.0, true);
             World {
-                engine: Engine::new(cfg, &now),
+                engine: Engine::new(engine_params(ClockMode::Software), &now),
                 upstreams: Upstreams::new(configs, 0.0),
                 dns: HashMap::new(),
                 servers: HashMap::new(),

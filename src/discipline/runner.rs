@@ -306,17 +306,14 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ClockConfig;
-    use crate::discipline::engine::EngineConfig;
+    use crate::discipline::engine::ClockMode;
     use crate::discipline::source::SourceConfig;
-    use crate::proto::{Header, LeapIndicator, Mode, NtpShort, RefId, UnixTime};
+    use crate::discipline::test_support::{engine_params, primary_reply};
+    use crate::proto::UnixTime;
 
     fn engine_with_source() -> (Engine, SourceId, Now) {
         let now = Now::new(0.0, UnixTime::new(1_800_000_000, 0));
-        let mut e = Engine::new(
-            EngineConfig::new(&ClockConfig::default(), -20, 0.0, true),
-            &now,
-        );
+        let mut e = Engine::new(engine_params(ClockMode::Software), &now);
         let id = e.add_source(
             SourceConfig {
                 name: "test".into(),
@@ -331,28 +328,6 @@ mod tests {
         (e, id, now)
     }
 
-    fn reply(request: &[u8; 48], at: NtpTimestamp, origin: Option<NtpTimestamp>) -> [u8; 48] {
-        let req = Header::parse(request).unwrap();
-        let h = Header {
-            leap: LeapIndicator::NoWarning,
-            version: 4,
-            mode: Mode::Server.to_bits(),
-            stratum: 1,
-            poll: 6,
-            precision: -20,
-            root_delay: NtpShort::ZERO,
-            root_dispersion: NtpShort::from_secs_f64(0.0001),
-            reference_id: RefId(*b"GPS\0"),
-            reference_ts: at.add_secs(-10.0),
-            origin_ts: origin.unwrap_or(req.transmit_ts),
-            receive_ts: at,
-            transmit_ts: at.add_secs(0.00001),
-        };
-        let mut out = [0u8; 48];
-        h.write(&mut out);
-        out
-    }
-
     #[test]
     fn a_forged_datagram_does_not_end_the_exchange() {
         let (mut e, id, now) = engine_with_source();
@@ -362,12 +337,14 @@ mod tests {
         in_flight.insert(id, (), now.mono);
         let later = now.later(0.01);
         // An off-path attacker's guess, then garbage: both ignored.
-        let forged = reply(&req.packet, now.kernel, Some(NtpTimestamp::from_bits(42)));
+        let forged = primary_reply(&req.packet, now.kernel, |h| {
+            h.origin_ts = NtpTimestamp::from_bits(42)
+        });
         assert!(deliver(&mut e, id, &forged, later.kernel, &later));
         assert!(deliver(&mut e, id, &[0u8; 12], later.kernel, &later));
         assert_eq!(e.source(id).unwrap().reach(), 0);
         // The real reply still counts, and ends the exchange.
-        let real = reply(&req.packet, now.kernel.add_secs(0.005), None);
+        let real = primary_reply(&req.packet, now.kernel.add_secs(0.005), |_| {});
         assert!(!deliver(&mut e, id, &real, later.kernel, &later));
         assert_eq!(e.source(id).unwrap().reach(), 1);
     }

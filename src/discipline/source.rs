@@ -661,41 +661,6 @@ impl Source {
     }
 }
 
-/// Replies of a healthy upstream, for the discipline's unit tests.
-#[cfg(test)]
-pub(crate) mod test_replies {
-    use crate::proto::{Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, RefId};
-
-    /// A stratum-1 (GPS) server's reply to `request`, received at
-    /// `receive` and sent 10 µs later, changed by `edit` before encoding.
-    pub(crate) fn primary_reply(
-        request: &[u8; 48],
-        receive: NtpTimestamp,
-        edit: impl FnOnce(&mut Header),
-    ) -> [u8; 48] {
-        let req = Header::parse(request).expect("request parses");
-        let mut h = Header {
-            leap: LeapIndicator::NoWarning,
-            version: 4,
-            mode: Mode::Server.to_bits(),
-            stratum: 1,
-            poll: req.poll,
-            precision: -20,
-            root_delay: NtpShort::ZERO,
-            root_dispersion: NtpShort::from_secs_f64(0.0001),
-            reference_id: RefId(*b"GPS\0"),
-            reference_ts: receive.add_secs(-10.0),
-            origin_ts: req.transmit_ts,
-            receive_ts: receive,
-            transmit_ts: receive.add_secs(0.00001),
-        };
-        edit(&mut h);
-        let mut out = [0u8; 48];
-        h.write(&mut out);
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,7 +690,7 @@ mod tests {
         ahead: f64,
         edit: impl FnOnce(&mut Header),
     ) -> [u8; 48] {
-        super::test_replies::primary_reply(request, ts(t1 + delay / 2.0 + ahead), edit)
+        crate::discipline::test_support::primary_reply(request, ts(t1 + delay / 2.0 + ahead), edit)
     }
 
     fn exchange(

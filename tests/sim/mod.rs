@@ -8,12 +8,12 @@
 use std::net::SocketAddr;
 
 use fastntp::config::{ClockConfig, DisciplineMode};
-use fastntp::discipline::engine::{Engine, EngineConfig, Now};
+use fastntp::discipline::engine::{Engine, Now};
 use fastntp::discipline::kernel_clock::{FakeClock, KernelStatus};
 use fastntp::discipline::leapfile::LeapTable;
 use fastntp::discipline::source::SourceConfig;
 use fastntp::discipline::status::{Status, SyncState, Tally};
-use fastntp::discipline::KernelSteering;
+use fastntp::discipline::{engine_params, KernelSteering};
 use fastntp::proto::{
     Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, RefId, ServerState, UnixTime,
 };
@@ -209,7 +209,7 @@ impl Sim {
         let kernel = (clock_cfg.discipline == DisciplineMode::Kernel)
             .then(|| KernelSteering::new(clock.clone(), 0.0));
         let mut sim = Sim {
-            engine: Engine::new(EngineConfig::new(&clock_cfg, -24, 0.0, true), &now),
+            engine: Engine::new(engine_params(&clock_cfg, -24, 0.0, true), &now),
             clock,
             kernel,
             upstreams: Vec::new(),
@@ -229,8 +229,8 @@ impl Sim {
     /// `upstreams` as its sources.
     fn build_engine(&mut self, base_ppm: f64, upstreams: Vec<VirtualUpstream>) {
         let now = self.now();
-        let cfg = EngineConfig::new(&self.clock_cfg, -24, base_ppm, true);
-        self.engine = Engine::new(cfg, &now);
+        let params = engine_params(&self.clock_cfg, -24, base_ppm, true);
+        self.engine = Engine::new(params, &now);
         let polls = self.polls;
         self.upstreams = upstreams
             .into_iter()
