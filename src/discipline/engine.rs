@@ -29,7 +29,7 @@ use super::external::KernelUpdates;
 use super::kernel_clock::KernelStatus;
 use super::leapfile::{LeapFileError, LeapTable};
 use super::reach::{Change, UNREACHABLE_AFTER};
-use super::source::{refid_of, Kiss, Measurement, ReplyError, Source, SourceConfig};
+use super::source::{refid_of, Kiss, Measurement, ReplyError, Source, SourceParams};
 use super::status::{SourceStatus, Status, SyncState, SystemStatus, Tally};
 use super::transition::{self, Reason};
 use crate::proto::time::secs_to_units;
@@ -336,13 +336,13 @@ impl Engine {
     /// Adds a source, first polled at once. Sources added before the first
     /// correction, within [`FIRST_SYNC_WAIT`] of the first one and before
     /// any was removed, are the ones the first correction waits for.
-    pub fn add_source(&mut self, config: SourceConfig, now: &Now) -> SourceId {
+    pub fn add_source(&mut self, params: SourceParams, now: &Now) -> SourceId {
         let id = self.next_id;
         self.next_id += 1;
-        info!("upstream {} ({}) added", config.addr, config.name);
+        info!("upstream {} ({}) added", params.addr, params.name);
         let first = *self.first_added.get_or_insert(now.mono);
         let waited_for = !self.corrected && !self.removed_any && now.mono < first + FIRST_SYNC_WAIT;
-        let source = Source::new(config, now.mono, self.params.precision);
+        let source = Source::new(params, now.mono, self.params.precision);
         self.slots.push(Slot {
             id,
             source,
@@ -360,7 +360,7 @@ impl Engine {
             info!(
                 "upstream {} ({}) removed",
                 slot.source.addr(),
-                slot.source.config().name
+                slot.source.params().name
             );
             self.removed_any = true;
             self.dirty = true;
@@ -392,7 +392,7 @@ impl Engine {
     pub fn unusable_pool_members(&self) -> Vec<SourceId> {
         self.slots
             .iter()
-            .filter(|s| s.source.config().pool)
+            .filter(|s| s.source.params().pool)
             .filter(|s| {
                 s.source.refused().is_some() || (!s.source.reachable() && s.source.sent() >= 8)
             })
@@ -1385,9 +1385,9 @@ fn source_status(slot: &Slot, now: &Now, traj_now: f64) -> SourceStatus {
     let s = &slot.source;
     let est = s.estimate();
     SourceStatus {
-        name: s.config().name.clone(),
+        name: s.params().name.clone(),
         address: s.addr(),
-        pool: s.config().pool,
+        pool: s.params().pool,
         tally: slot.tally,
         stratum: s.upstream().map(|u| u.stratum),
         refid: s.upstream().map(|u| u.refid),

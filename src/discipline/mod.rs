@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use crate::config::{ClockConfig, Config, DisciplineMode, UpstreamConfig};
+use crate::config::{ClockConfig, Config, DisciplineMode, UpstreamConfig, UpstreamKind};
 use crate::proto::{ServerState, UnixTime};
 use crate::snapshot::Publisher;
 use drift::DriftError;
@@ -58,7 +58,9 @@ use kernel_clock::{ClockError, KernelClock, SystemClock};
 use leapfile::LeapTable;
 use status::StatusHandle;
 
+use pool::UpstreamParams;
 pub use pool::POOL_MEMBERS;
+use source::PollParams;
 use steering::Steering;
 pub use steering::{kernel_base, KernelSteering};
 
@@ -113,6 +115,32 @@ pub fn engine_params(
     }
 }
 
+/// The pool's view of the `[[upstream]]` entries (`configs`). An entry
+/// whose address does not split into host and port (validation prevents
+/// it) is left out, with a warning.
+pub fn upstream_params(configs: &[UpstreamConfig]) -> Vec<UpstreamParams> {
+    configs
+        .iter()
+        .filter_map(|u| match u.host_port() {
+            Ok((host, port)) => Some(UpstreamParams {
+                name: u.address.clone(),
+                host,
+                port,
+                pool: u.kind == UpstreamKind::Pool,
+                poll: PollParams {
+                    iburst: u.iburst,
+                    min_poll: u.min_poll,
+                    max_poll: u.max_poll,
+                },
+            }),
+            Err(e) => {
+                warn!("upstream `{}`: {e}; ignored", u.address);
+                None
+            }
+        })
+        .collect()
+}
+
 /// Reads the monotonic and kernel clocks at (nearly) the same instant.
 struct Clocks {
     origin: Instant,
@@ -159,7 +187,7 @@ pub struct Prepared {
     engine: Engine,
     steering: Steering,
     clocks: Clocks,
-    upstreams: Vec<UpstreamConfig>,
+    upstreams: Vec<UpstreamParams>,
     leap_file: Option<PathBuf>,
     status: StatusHandle,
 }
@@ -221,7 +249,7 @@ pub fn prepare(config: &Config, precision: i8) -> Result<Prepared, DisciplineErr
         engine,
         steering,
         clocks,
-        upstreams: config.upstreams.clone(),
+        upstreams: upstream_params(&config.upstreams),
         leap_file: clock_cfg.leap_file.clone(),
         status,
     })
@@ -365,5 +393,47 @@ mod tests {
             ClockMode::from(DisciplineMode::External),
             ClockMode::External
         );
+    }
+
+    #[test]
+    fn upstream_entries_map_to_the_pool_parameters() {
+        let server = UpstreamConfig {
+            address: "[2001:db8::1]:1123".into(),
+            kind: UpstreamKind::Server,
+            iburst: false,
+            min_poll: -4,
+            max_poll: 0,
+        };
+        let bad = UpstreamConfig {
+            address: "host:0".into(),
+            ..server.clone()
+        };
+        let mut configs = Config::default().upstreams;
+        configs.extend([bad, server]);
+        let want = [
+            UpstreamParams {
+                name: "pool.ntp.org".into(),
+                host: "pool.ntp.org".into(),
+                port: 123,
+                pool: true,
+                poll: PollParams {
+                    iburst: true,
+                    min_poll: 6,
+                    max_poll: 10,
+                },
+            },
+            UpstreamParams {
+                name: "[2001:db8::1]:1123".into(),
+                host: "2001:db8::1".into(),
+                port: 1123,
+                pool: false,
+                poll: PollParams {
+                    iburst: false,
+                    min_poll: -4,
+                    max_poll: 0,
+                },
+            },
+        ];
+        assert_eq!(upstream_params(&configs), want);
     }
 }

@@ -307,7 +307,7 @@ impl Runner {
 mod tests {
     use super::*;
     use crate::discipline::engine::ClockMode;
-    use crate::discipline::source::SourceConfig;
+    use crate::discipline::source::{PollParams, SourceParams};
     use crate::discipline::test_support::{engine_params, primary_reply};
     use crate::proto::UnixTime;
 
@@ -315,13 +315,15 @@ mod tests {
         let now = Now::new(0.0, UnixTime::new(1_800_000_000, 0));
         let mut e = Engine::new(engine_params(ClockMode::Software), &now);
         let id = e.add_source(
-            SourceConfig {
+            SourceParams {
                 name: "test".into(),
                 addr: "192.0.2.1:123".parse().unwrap(),
                 pool: false,
-                iburst: false,
-                min_poll: 6,
-                max_poll: 10,
+                poll: PollParams {
+                    iburst: false,
+                    min_poll: 6,
+                    max_poll: 10,
+                },
             },
             &now,
         );

@@ -11,7 +11,7 @@ use fastntp::config::{ClockConfig, DisciplineMode};
 use fastntp::discipline::engine::{Engine, Now};
 use fastntp::discipline::kernel_clock::{FakeClock, KernelStatus};
 use fastntp::discipline::leapfile::LeapTable;
-use fastntp::discipline::source::SourceConfig;
+use fastntp::discipline::source::{PollParams, SourceParams};
 use fastntp::discipline::status::{Status, SyncState, Tally};
 use fastntp::discipline::{engine_params, KernelSteering};
 use fastntp::proto::{
@@ -236,13 +236,15 @@ impl Sim {
             .into_iter()
             .map(|u| {
                 let id = self.engine.add_source(
-                    SourceConfig {
+                    SourceParams {
                         name: u.addr.to_string(),
                         addr: u.addr,
                         pool: false,
-                        iburst: true,
-                        min_poll: polls.0,
-                        max_poll: polls.1,
+                        poll: PollParams {
+                            iburst: true,
+                            min_poll: polls.0,
+                            max_poll: polls.1,
+                        },
                     },
                     &now,
                 );
