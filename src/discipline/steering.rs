@@ -1,5 +1,5 @@
 //! What carries out the engine's decisions on the host, per discipline
-//! mode: [`Steering`] (nothing, the kernel clock, or another daemon's
+//! mode: `Steering` (nothing, the kernel clock, or another daemon's
 //! kernel clock), [`KernelSteering`] (the engine's [`ClockCommand`]s on a
 //! [`KernelClock`]), and [`kernel_base`] (the frequency the kernel
 //! discipline starts from, from the drift file).

@@ -173,7 +173,7 @@ impl Source {
     /// Answered at least one of the last 3 completed polls: fresh enough
     /// to be selected (an unreachable-but-not-yet-zero reach register would
     /// keep a dead source selected for hours at long polls). A request still
-    /// in flight is not counted as lost. See [`super::reach`].
+    /// in flight is not counted as lost. See [`crate::discipline::reach`].
     pub fn usable(&self) -> bool {
         self.reach.usable(self.outstanding.is_some())
     }

@@ -133,7 +133,7 @@ impl Schedule {
     }
 
     /// A sample joined the filter, which now holds `samples`: the
-    /// interval grows after [`POLL_UP_AFTER`] samples in a row that the
+    /// interval grows after `POLL_UP_AFTER` (4) samples in a row that the
     /// previous estimate predicted (`surprise`: how far off it was, in
     /// standard deviations), and shrinks when one is far off.
     pub fn sampled(&mut self, surprise: Option<f64>, samples: usize) {
