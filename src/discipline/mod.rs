@@ -13,15 +13,24 @@
 //!   its status (read-only) and polls upstreams only to learn what to call
 //!   itself (stratum, refid).
 //!
-//! Modules: [`source`] (per-upstream state machine), [`reach`] (its
-//! reachability and what selection makes of it), [`algo`] (pure
-//! algorithms), [`engine`] (system process), [`transition`] (why each
-//! state: reasons and their log lines), [`external`] (external mode: the
-//! other daemon's clock updates), [`pool`] (which addresses to poll:
-//! resolution, pool replacement and back-off), [`runner`] (the thread's
-//! I/O loop), [`kernel_clock`] (kernel clock trait, real and fake), [`net`]
-//! (polling sockets), [`resolve`] (DNS helper thread), [`status`] (what the
-//! control interface reads), [`drift`] and [`leapfile`] (files).
+//! Modules:
+//!
+//! - sans-IO cores, which know nothing of the configuration file:
+//!   [`engine`] (the system process: selection, updates, state, leap
+//!   seconds, what is published), [`source`] (per-upstream state machine,
+//!   its reply checks and poll schedule), [`reach`] (reachability and what
+//!   selection makes of it), [`algo`] (pure algorithms), [`transition`]
+//!   (why each state: reasons and their log lines), [`external`] (external
+//!   mode: the other daemon's clock updates), [`pool`] (which addresses to
+//!   poll: resolution, pool replacement and back-off), [`status`] (what the
+//!   control interface reads);
+//! - I/O: [`runner`] (the thread's loop), [`steering`] (the engine's
+//!   clock commands carried out per mode), [`kernel_clock`] (kernel clock
+//!   trait, real and fake), [`net`] (polling sockets), [`resolve`] (DNS
+//!   helper thread), [`drift`] and [`leapfile`] (files);
+//! - this module, the glue: `[clock]` and `[[upstream]]` mapped to the
+//!   cores' parameters ([`engine_params`], [`upstream_params`]), setting
+//!   up ([`prepare`]) and starting the thread.
 
 pub mod algo;
 pub mod drift;
@@ -56,12 +65,12 @@ use drift::DriftError;
 use engine::{ClockMode, Engine, EngineParams, Now};
 use kernel_clock::{ClockError, KernelClock, SystemClock};
 use leapfile::LeapTable;
-use status::StatusHandle;
-
 use pool::UpstreamParams;
-pub use pool::POOL_MEMBERS;
 use source::PollParams;
+use status::StatusHandle;
 use steering::Steering;
+
+pub use pool::POOL_MEMBERS;
 pub use steering::{kernel_base, KernelSteering};
 
 /// Clock reads whose monotonic reads before and after are closer than this

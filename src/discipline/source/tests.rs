@@ -47,6 +47,15 @@ fn exchange(
     s.receive(&rep, ts(mono + 0.010 + 0.00001), mono + 0.010)
 }
 
+/// An exchange at 0 s whose reply names `stratum` and `refid` (a kiss
+/// code at stratum 0).
+fn exchange_from(s: &mut Source, stratum: u8, refid: RefId) -> Result<Measurement, ReplyError> {
+    exchange(s, 0.0, |h| {
+        h.stratum = stratum;
+        h.reference_id = refid;
+    })
+}
+
 #[test]
 fn a_valid_reply_gives_offset_and_delay() {
     let mut s = Source::new(config(false), 100.0, -20);
@@ -183,19 +192,13 @@ fn burst_then_regular_polls_and_reach_register() {
 #[test]
 fn kod_rate_backs_off_and_deny_stops_polling() {
     let mut s = Source::new(config(true), 0.0, -20);
-    let r = exchange(&mut s, 0.0, |h| {
-        h.stratum = 0;
-        h.reference_id = RefId::RATE;
-    });
+    let r = exchange_from(&mut s, 0, RefId::RATE);
     assert_eq!(r, Err(ReplyError::KissOfDeath(Kiss::Rate)));
     assert_eq!(s.poll(), 7);
     assert!(s.next_send() >= 128.0, "no more burst, longer interval");
 
     let mut s = Source::new(config(false), 0.0, -20);
-    let r = exchange(&mut s, 0.0, |h| {
-        h.stratum = 0;
-        h.reference_id = RefId::DENY;
-    });
+    let r = exchange_from(&mut s, 0, RefId::DENY);
     assert_eq!(r, Err(ReplyError::KissOfDeath(Kiss::Deny)));
     assert_eq!(s.refused(), Some(Kiss::Deny));
     assert_eq!(s.transmit(1e6, 1), None);
@@ -218,10 +221,7 @@ fn unreachable_sources_back_off_to_max_poll() {
 #[test]
 fn a_secondary_server_with_another_peer_is_not_a_loop() {
     let mut s = Source::new(config(false), 0.0, -20);
-    let r = exchange(&mut s, 0.0, |h| {
-        h.stratum = 2;
-        h.reference_id = RefId([192, 0, 2, 201]);
-    });
+    let r = exchange_from(&mut s, 2, RefId([192, 0, 2, 201]));
     assert!(r.is_ok(), "{r:?}");
     // IPv6: the refid is the MD5 prefix of our address.
     let ours: IpAddr = "2001:db8::5".parse().unwrap();
