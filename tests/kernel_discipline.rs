@@ -8,8 +8,8 @@
 mod sim;
 
 use fastntp::config::{ClockConfig, DisciplineMode};
-use fastntp::discipline::clock::{FakeOp, KernelClock, SystemClock};
 use fastntp::discipline::drift;
+use fastntp::discipline::kernel_clock::{FakeOp, KernelClock, SystemClock};
 use fastntp::discipline::status::SyncState;
 use fastntp::proto::LeapIndicator;
 use sim::{leap_table_inserting_at, Sim, VirtualUpstream, LEAP_MIDNIGHTS};

@@ -12,7 +12,7 @@
 mod sim;
 
 use fastntp::config::{ClockConfig, DisciplineMode};
-use fastntp::discipline::clock::KernelStatus;
+use fastntp::discipline::kernel_clock::KernelStatus;
 use fastntp::discipline::status::{Reason, SyncState, Tally};
 use fastntp::proto::{LeapIndicator, RefId, UnixTime};
 use sim::{
@@ -88,21 +88,27 @@ fn report_convergence(name: &str, sim: &Sim) {
     );
 }
 
+/// Reports `sim`'s convergence as `label` and checks it: within 1 ms from
+/// 5 minutes on, and the frequency within 0.1 ppm after an hour.
+fn assert_converged(sim: &Sim, label: &str) {
+    report_convergence(label, sim);
+    let worst = sim.max_error(5.0 * MINUTE, HOUR + 1.0);
+    assert!(
+        worst < 0.001,
+        "{label}: |offset| reached {worst} s after 5 minutes"
+    );
+    let freq = sim.last().freq_error;
+    assert!(
+        freq.abs() < 0.1e-6,
+        "{label}: frequency error {freq:e} after 1 hour"
+    );
+}
+
 #[test]
 fn software_mode_converges_from_100ms_and_50ppm() {
     for seed in [1, 2, 3] {
         let sim = converge(DisciplineMode::Software, seed);
-        report_convergence(&format!("software, seed {seed}"), &sim);
-        let worst = sim.max_error(5.0 * MINUTE, HOUR + 1.0);
-        assert!(
-            worst < 0.001,
-            "seed {seed}: |offset| reached {worst} s after 5 minutes"
-        );
-        let freq = sim.last().freq_error;
-        assert!(
-            freq.abs() < 0.1e-6,
-            "seed {seed}: frequency error {freq:e} after 1 hour"
-        );
+        assert_converged(&sim, &format!("software, seed {seed}"));
         let last = sim.last();
         assert_eq!(last.sync, SyncState::Synchronized);
         assert_eq!(interruptions(&sim), vec![], "seed {seed}");
@@ -121,17 +127,7 @@ fn software_mode_converges_from_100ms_and_50ppm() {
 fn kernel_mode_converges_against_the_fake_clock() {
     for seed in [4, 5] {
         let sim = converge(DisciplineMode::Kernel, seed);
-        report_convergence(&format!("kernel (fake clock), seed {seed}"), &sim);
-        let worst = sim.max_error(5.0 * MINUTE, HOUR + 1.0);
-        assert!(
-            worst < 0.001,
-            "seed {seed}: |offset| reached {worst} s after 5 minutes"
-        );
-        let freq = sim.last().freq_error;
-        assert!(
-            freq.abs() < 0.1e-6,
-            "seed {seed}: frequency error {freq:e} after 1 hour"
-        );
+        assert_converged(&sim, &format!("kernel (fake clock), seed {seed}"));
         // Slewing the 100 ms away takes minutes; the server stays
         // synchronized (LI 0, stratum 2) all the while.
         assert_eq!(interruptions(&sim), vec![], "seed {seed}");
@@ -142,7 +138,7 @@ fn kernel_mode_converges_against_the_fake_clock() {
         let ops = sim.clock.operations();
         assert!(
             !ops.iter()
-                .any(|o| matches!(o, fastntp::discipline::clock::FakeOp::Step(_))),
+                .any(|o| matches!(o, fastntp::discipline::kernel_clock::FakeOp::Step(_))),
             "{ops:?}"
         );
         assert!(sim.clock.error().abs() < 0.001);
@@ -297,7 +293,7 @@ fn the_2036_era_change_goes_unnoticed() {
 
 #[test]
 fn software_mode_is_unmoved_when_someone_else_steps_the_host_clock() {
-    use fastntp::discipline::clock::KernelClock;
+    use fastntp::discipline::kernel_clock::KernelClock;
     let mut sim = Sim::new(
         clock(DisciplineMode::Software, None),
         0.0,

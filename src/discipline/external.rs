@@ -10,8 +10,8 @@
 //! each publish. Before the first update is seen, the earliest it can have
 //! been stands in: `maxerror` grew from at least 0 at 500 µs/s.
 
-use super::clock::KernelStatus;
 use super::engine::Now;
+use super::kernel_clock::KernelStatus;
 use crate::proto::NtpTimestamp;
 
 /// How fast the kernel grows `maxerror` by itself, s/s.

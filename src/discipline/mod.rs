@@ -7,27 +7,36 @@
 //! - `software`: never touches the kernel clock; the published
 //!   [`Correction`](crate::proto::Correction) maps kernel time to served
 //!   time and workers apply it to every timestamp.
-//! - `kernel`: steers the kernel clock through [`clock::KernelClock`]
+//! - `kernel`: steers the kernel clock through [`kernel_clock::KernelClock`]
 //!   (adjtimex), keeps the drift file, arms leap seconds in the kernel.
 //! - `external`: another daemon steers the kernel clock; the thread reads
 //!   its status (read-only) and polls upstreams only to learn what to call
 //!   itself (stratum, refid).
 //!
-//! Modules: [`source`] (per-upstream state machine), [`reach`] (its
-//! reachability and what selection makes of it), [`algo`] (pure
-//! algorithms), [`engine`] (system process), [`transition`] (why each
-//! state: reasons and their log lines), [`external`] (external mode: the
-//! other daemon's clock updates), [`pool`] (which addresses to poll:
-//! resolution, pool replacement and back-off), [`runner`] (the thread's
-//! I/O loop), [`clock`] (kernel clock trait, real and fake), [`net`]
-//! (polling sockets), [`resolve`] (DNS helper thread), [`status`] (what the
-//! control interface reads), [`drift`] and [`leapfile`] (files).
+//! Modules:
+//!
+//! - sans-IO cores, which know nothing of the configuration file:
+//!   [`engine`] (the system process: selection, updates, state, leap
+//!   seconds, what is published), [`source`] (per-upstream state machine,
+//!   its reply checks and poll schedule), [`reach`] (reachability and what
+//!   selection makes of it), [`algo`] (pure algorithms), [`transition`]
+//!   (why each state: reasons and their log lines), [`external`] (external
+//!   mode: the other daemon's clock updates), [`pool`] (which addresses to
+//!   poll: resolution, pool replacement and back-off), [`status`] (what the
+//!   control interface reads);
+//! - I/O: [`runner`] (the thread's loop), [`steering`] (the engine's
+//!   clock commands carried out per mode), [`kernel_clock`] (kernel clock
+//!   trait, real and fake), [`net`] (polling sockets), [`resolve`] (DNS
+//!   helper thread), [`drift`] and [`leapfile`] (files);
+//! - this module, the glue: `[clock]` and `[[upstream]]` mapped to the
+//!   cores' parameters ([`engine_params`], [`upstream_params`]), setting
+//!   up ([`prepare`]) and starting the thread.
 
 pub mod algo;
-pub mod clock;
 pub mod drift;
 pub mod engine;
 pub mod external;
+pub mod kernel_clock;
 pub mod leapfile;
 pub mod net;
 pub mod pool;
@@ -36,26 +45,33 @@ pub mod resolve;
 pub mod runner;
 pub mod source;
 pub mod status;
+pub mod steering;
+#[cfg(test)]
+mod test_support;
 pub mod transition;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
-use crate::config::{Config, DisciplineMode, UpstreamConfig};
+use crate::config::{ClockConfig, Config, DisciplineMode, UpstreamConfig, UpstreamKind};
 use crate::proto::{ServerState, UnixTime};
 use crate::snapshot::Publisher;
-use clock::{ClockError, KernelClock, SystemClock};
 use drift::DriftError;
-use engine::{ClockCommand, Engine, EngineConfig, Now};
+use engine::{ClockMode, Engine, EngineParams, Now};
+use kernel_clock::{ClockError, KernelClock, SystemClock};
 use leapfile::LeapTable;
+use pool::UpstreamParams;
+use source::PollParams;
 use status::StatusHandle;
+use steering::Steering;
 
 pub use pool::POOL_MEMBERS;
+pub use steering::{kernel_base, KernelSteering};
 
 /// Clock reads whose monotonic reads before and after are closer than this
 /// are taken at once.
@@ -77,82 +93,61 @@ pub enum DisciplineError {
     Spawn(std::io::Error),
 }
 
-/// Carries out an engine's [`ClockCommand`]s on a [`KernelClock`]: the
-/// engine speaks of corrections relative to the frequency the kernel had
-/// at start (`base_ppm`, from the drift file); the kernel takes absolute
-/// ppm.
-#[derive(Debug)]
-pub struct KernelBackend<C> {
-    clock: C,
+impl From<DisciplineMode> for ClockMode {
+    fn from(mode: DisciplineMode) -> Self {
+        match mode {
+            DisciplineMode::Software => ClockMode::Software,
+            DisciplineMode::Kernel => ClockMode::Kernel,
+            DisciplineMode::External => ClockMode::External,
+        }
+    }
+}
+
+/// The engine's parameters from `[clock]` (`clock`), our clock's
+/// `precision` (log2 s), the kernel frequency the discipline starts from
+/// (`base_ppm`, kernel mode) and whether `[[upstream]]`s are configured.
+pub fn engine_params(
+    clock: &ClockConfig,
+    precision: i8,
     base_ppm: f64,
-}
-
-impl<C: KernelClock> KernelBackend<C> {
-    /// Drives `clock`, whose frequency the engine takes as its zero.
-    pub fn new(clock: C, base_ppm: f64) -> Self {
-        KernelBackend { clock, base_ppm }
-    }
-
-    /// Takes `clock` over like chronyd does: resets whatever PLL, slew and
-    /// leap state a previous daemon left, then sets the frequency to
-    /// `base_ppm`, which the engine takes as its zero.
-    pub fn start(mut clock: C, base_ppm: f64) -> Result<Self, ClockError> {
-        clock.reset_pll()?;
-        clock.set_frequency(base_ppm)?;
-        Ok(Self::new(clock, base_ppm))
-    }
-
-    /// Carries out one command.
-    pub fn apply(&mut self, command: ClockCommand) -> Result<(), ClockError> {
-        match command {
-            ClockCommand::Step(secs) => self.clock.step(secs),
-            ClockCommand::Frequency(f) => self.clock.set_frequency(self.base_ppm + f * 1e6),
-            ClockCommand::Leap(leap) => self.clock.set_leap(leap),
-            ClockCommand::Sync(errors) => self.clock.set_sync(errors),
-        }
-    }
-
-    /// The frequency to remember in the drift file, ppm: the base plus the
-    /// engine's frequency estimate (`freq`, without any running slew).
-    pub fn drift_ppm(&self, freq: f64) -> f64 {
-        self.base_ppm + freq * 1e6
-    }
-
-    /// The clock driven.
-    pub fn clock(&self) -> &C {
-        &self.clock
+    has_upstreams: bool,
+) -> EngineParams {
+    EngineParams {
+        mode: clock.discipline.into(),
+        step_threshold: clock.step_threshold,
+        panic_threshold: clock.panic_threshold,
+        first_step_unlimited: clock.first_step_unlimited,
+        local_stratum: clock.local_stratum,
+        precision,
+        base_ppm,
+        has_upstreams,
     }
 }
 
-/// The kernel frequency the discipline starts from, ppm: the drift file's
-/// when it holds a plausible one, else the kernel's `current` frequency (a
-/// missing file is normal at first start; a corrupt or implausible one is
-/// logged and ignored). Only an unreadable file is an error.
-pub fn kernel_base(drift_file: Option<&Path>, current: f64) -> Result<f64, DriftError> {
-    let Some(path) = drift_file else {
-        return Ok(current);
-    };
-    match drift::read(path) {
-        Ok(Some(ppm)) => {
-            info!("drift file {}: {ppm:+.3} ppm", path.display());
-            Ok(ppm)
-        }
-        Ok(None) => Ok(current),
-        Err(e @ (DriftError::Malformed { .. } | DriftError::Implausible { .. })) => {
-            warn!("{e}; ignored, starting from the kernel's {current:+.3} ppm");
-            Ok(current)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-enum Backend {
-    Software,
-    Kernel {
-        kernel: KernelBackend<SystemClock>,
-        drift_file: Option<PathBuf>,
-    },
-    External(SystemClock),
+/// The pool's view of the `[[upstream]]` entries (`configs`). An entry
+/// whose address does not split into host and port (validation prevents
+/// it) is left out, with a warning.
+pub fn upstream_params(configs: &[UpstreamConfig]) -> Vec<UpstreamParams> {
+    configs
+        .iter()
+        .filter_map(|u| match u.host_port() {
+            Ok((host, port)) => Some(UpstreamParams {
+                name: u.address.clone(),
+                host,
+                port,
+                pool: u.kind == UpstreamKind::Pool,
+                poll: PollParams {
+                    iburst: u.iburst,
+                    min_poll: u.min_poll,
+                    max_poll: u.max_poll,
+                },
+            }),
+            Err(e) => {
+                warn!("upstream `{}`: {e}; ignored", u.address);
+                None
+            }
+        })
+        .collect()
 }
 
 /// Reads the monotonic and kernel clocks at (nearly) the same instant.
@@ -199,9 +194,9 @@ fn tightest_read(mut read: impl FnMut() -> (Duration, UnixTime, Duration)) -> No
 /// The discipline, set up but not running yet.
 pub struct Prepared {
     engine: Engine,
-    backend: Backend,
+    steering: Steering,
     clocks: Clocks,
-    upstreams: Vec<UpstreamConfig>,
+    upstreams: Vec<UpstreamParams>,
     leap_file: Option<PathBuf>,
     status: StatusHandle,
 }
@@ -221,19 +216,19 @@ pub fn prepare(config: &Config, precision: i8) -> Result<Prepared, DisciplineErr
         warn!("{w}");
     }
     let clock_cfg = &config.clock;
-    let (backend, base_ppm) = match clock_cfg.discipline {
-        DisciplineMode::Software => (Backend::Software, 0.0),
+    let (steering, base_ppm) = match clock_cfg.discipline {
+        DisciplineMode::Software => (Steering::Software, 0.0),
         DisciplineMode::External => {
             SystemClock.status()?;
-            (Backend::External(SystemClock), 0.0)
+            (Steering::External(SystemClock), 0.0)
         }
         DisciplineMode::Kernel => {
             let current = SystemClock.status()?.frequency_ppm;
             let base = kernel_base(clock_cfg.drift_file.as_deref(), current)?;
             // Also the privilege check: fails with advice without CAP_SYS_TIME.
-            let kernel = KernelBackend::start(SystemClock, base)?;
+            let kernel = KernelSteering::start(SystemClock, base)?;
             (
-                Backend::Kernel {
+                Steering::Kernel {
                     kernel,
                     drift_file: clock_cfg.drift_file.clone(),
                 },
@@ -245,14 +240,15 @@ pub fn prepare(config: &Config, precision: i8) -> Result<Prepared, DisciplineErr
         origin: Instant::now(),
     };
     let now = clocks.now();
+    let has_upstreams = !config.upstreams.is_empty();
     let mut engine = Engine::new(
-        EngineConfig::new(clock_cfg, precision, base_ppm, !config.upstreams.is_empty()),
+        engine_params(clock_cfg, precision, base_ppm, has_upstreams),
         &now,
     );
     if let Some(path) = &clock_cfg.leap_file {
         engine.leap_file_loaded(LeapTable::load(path));
     }
-    if let Backend::External(clock) = &backend {
+    if let Steering::External(clock) = &steering {
         engine.set_kernel_status(clock.status()?, &now);
     }
     engine.tick(&now);
@@ -260,9 +256,9 @@ pub fn prepare(config: &Config, precision: i8) -> Result<Prepared, DisciplineErr
     status.set(engine.status(&now));
     Ok(Prepared {
         engine,
-        backend,
+        steering,
         clocks,
-        upstreams: config.upstreams.clone(),
+        upstreams: upstream_params(&config.upstreams),
         leap_file: clock_cfg.leap_file.clone(),
         status,
     })
@@ -341,7 +337,6 @@ fn random_u64() -> u64 {
 mod tests {
     use super::*;
     use crate::proto::NtpTimestamp;
-    use clock::{FakeClock, FakeOp};
 
     #[test]
     fn the_tightest_of_several_clock_reads_is_kept() {
@@ -381,35 +376,73 @@ mod tests {
     }
 
     #[test]
-    fn starting_kernel_mode_resets_a_leftover_pll() {
-        let epoch = UnixTime::new(1_550_000_000, 0);
-        let clock = FakeClock::new(epoch, 0.0, 0.0, 0.0, 1);
-        // Another daemon left the PLL running with 80 ms still to apply.
-        clock.leave_pll_running(0.080);
-        let backend = KernelBackend::start(clock.clone(), 12.5).unwrap();
-        assert_eq!(clock.pll(), (false, 0.0));
+    fn the_clock_section_maps_to_the_engine_parameters() {
+        let defaults = engine_params(&ClockConfig::default(), -20, 0.0, true);
+        assert_eq!(defaults, test_support::engine_params(ClockMode::Software));
+        let clock = ClockConfig {
+            discipline: DisciplineMode::Kernel,
+            step_threshold: 0.5,
+            panic_threshold: 0.0,
+            first_step_unlimited: false,
+            local_stratum: Some(3),
+            ..ClockConfig::default()
+        };
+        let want = EngineParams {
+            mode: ClockMode::Kernel,
+            step_threshold: 0.5,
+            panic_threshold: 0.0,
+            first_step_unlimited: false,
+            local_stratum: Some(3),
+            precision: -24,
+            base_ppm: 12.5,
+            has_upstreams: false,
+        };
+        assert_eq!(engine_params(&clock, -24, 12.5, false), want);
         assert_eq!(
-            clock.operations(),
-            vec![FakeOp::ResetPll, FakeOp::Frequency(12.5)]
+            ClockMode::from(DisciplineMode::External),
+            ClockMode::External
         );
-        // Nothing moves the clock under the discipline.
-        clock.advance(600.0);
-        let expected = 12.5e-6 * 600.0;
-        assert!((clock.error() - expected).abs() < 1e-9, "{}", clock.error());
-        assert_eq!(backend.drift_ppm(0.0), 12.5);
     }
 
     #[test]
-    fn implausible_drift_files_are_ignored() {
-        let dir = std::env::temp_dir().join(format!("fastntp-base-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("drift");
-        assert_eq!(kernel_base(None, 3.0).unwrap(), 3.0);
-        assert_eq!(kernel_base(Some(&path), 3.0).unwrap(), 3.0, "missing");
-        for (content, want) in [("-17.25\n", -17.25), ("400\n", 3.0), ("junk", 3.0)] {
-            std::fs::write(&path, content).unwrap();
-            assert_eq!(kernel_base(Some(&path), 3.0).unwrap(), want, "{content}");
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn upstream_entries_map_to_the_pool_parameters() {
+        let server = UpstreamConfig {
+            address: "[2001:db8::1]:1123".into(),
+            kind: UpstreamKind::Server,
+            iburst: false,
+            min_poll: -4,
+            max_poll: 0,
+        };
+        let bad = UpstreamConfig {
+            address: "host:0".into(),
+            ..server.clone()
+        };
+        let mut configs = Config::default().upstreams;
+        configs.extend([bad, server]);
+        let want = [
+            UpstreamParams {
+                name: "pool.ntp.org".into(),
+                host: "pool.ntp.org".into(),
+                port: 123,
+                pool: true,
+                poll: PollParams {
+                    iburst: true,
+                    min_poll: 6,
+                    max_poll: 10,
+                },
+            },
+            UpstreamParams {
+                name: "[2001:db8::1]:1123".into(),
+                host: "2001:db8::1".into(),
+                port: 1123,
+                pool: false,
+                poll: PollParams {
+                    iburst: false,
+                    min_poll: -4,
+                    max_poll: 0,
+                },
+            },
+        ];
+        assert_eq!(upstream_params(&configs), want);
     }
 }

@@ -1,6 +1,6 @@
 //! The discipline thread's loop. It does the I/O for the sans-IO parts —
 //! name resolution ([`super::resolve`]), polling sockets ([`super::net`]),
-//! the kernel clock ([`super::clock`]), the drift and leap-second files,
+//! the kernel clock ([`super::kernel_clock`]), the drift and leap-second files,
 //! publishing the snapshot — and leaves every decision to them: the
 //! [`Engine`] (what to send, what a reply means, how to steer), the
 //! [`Upstreams`] (which addresses to poll), and [`InFlight`] with
@@ -21,7 +21,7 @@ use super::engine::{Engine, Now, SourceId};
 use super::leapfile::LeapTable;
 use super::pool::Upstreams;
 use super::status::SyncState;
-use super::{drift, net, random_u64, resolve, Backend, Prepared};
+use super::{drift, net, random_u64, resolve, Prepared, Steering};
 use crate::proto::NtpTimestamp;
 use crate::snapshot::Publisher;
 
@@ -226,7 +226,7 @@ impl Runner {
 
     fn execute_commands(&mut self) {
         let commands = self.p.engine.take_commands();
-        if let Backend::Kernel { kernel, .. } = &mut self.p.backend {
+        if let Steering::Kernel { kernel, .. } = &mut self.p.steering {
             for c in commands {
                 if let Err(e) = kernel.apply(c) {
                     error!("kernel clock: {e}");
@@ -236,10 +236,10 @@ impl Runner {
     }
 
     fn periodic(&mut self, now: &Now) {
-        if let Backend::External(clock) = &self.p.backend {
+        if let Steering::External(clock) = &self.p.steering {
             if now.mono - self.last.external >= EXTERNAL_READ {
                 self.last.external = now.mono;
-                use super::clock::KernelClock;
+                use super::kernel_clock::KernelClock;
                 match clock.status() {
                     Ok(s) => self.p.engine.set_kernel_status(s, now),
                     Err(e) => warn!("{e}"),
@@ -277,7 +277,7 @@ impl Runner {
     fn shutdown(&mut self) {
         let now = self.p.clocks.now();
         let commands = self.p.engine.shutdown(&now);
-        if let Backend::Kernel { kernel, .. } = &mut self.p.backend {
+        if let Steering::Kernel { kernel, .. } = &mut self.p.steering {
             for c in commands {
                 if let Err(e) = kernel.apply(c) {
                     error!("kernel clock at exit: {e}");
@@ -288,10 +288,10 @@ impl Runner {
     }
 
     fn write_drift(&self) {
-        if let Backend::Kernel {
+        if let Steering::Kernel {
             kernel,
             drift_file: Some(path),
-        } = &self.p.backend
+        } = &self.p.steering
         {
             if self.p.engine.state() != SyncState::Starting {
                 let ppm = kernel.drift_ppm(self.p.engine.trajectory().freq);
@@ -306,51 +306,28 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ClockConfig;
-    use crate::discipline::engine::EngineConfig;
-    use crate::discipline::source::SourceConfig;
-    use crate::proto::{Header, LeapIndicator, Mode, NtpShort, RefId, UnixTime};
+    use crate::discipline::engine::ClockMode;
+    use crate::discipline::source::{PollParams, SourceParams};
+    use crate::discipline::test_support::{engine_params, primary_reply};
+    use crate::proto::UnixTime;
 
     fn engine_with_source() -> (Engine, SourceId, Now) {
         let now = Now::new(0.0, UnixTime::new(1_800_000_000, 0));
-        let mut e = Engine::new(
-            EngineConfig::new(&ClockConfig::default(), -20, 0.0, true),
-            &now,
-        );
+        let mut e = Engine::new(engine_params(ClockMode::Software), &now);
         let id = e.add_source(
-            SourceConfig {
+            SourceParams {
                 name: "test".into(),
                 addr: "192.0.2.1:123".parse().unwrap(),
                 pool: false,
-                iburst: false,
-                min_poll: 6,
-                max_poll: 10,
+                poll: PollParams {
+                    iburst: false,
+                    min_poll: 6,
+                    max_poll: 10,
+                },
             },
             &now,
         );
         (e, id, now)
-    }
-
-    fn reply(request: &[u8; 48], at: NtpTimestamp, origin: Option<NtpTimestamp>) -> [u8; 48] {
-        let req = Header::parse(request).unwrap();
-        let h = Header {
-            leap: LeapIndicator::NoWarning,
-            version: 4,
-            mode: Mode::Server.to_bits(),
-            stratum: 1,
-            poll: 6,
-            precision: -20,
-            root_delay: NtpShort::ZERO,
-            root_dispersion: NtpShort::from_secs_f64(0.0001),
-            reference_id: RefId(*b"GPS\0"),
-            reference_ts: at.add_secs(-10.0),
-            origin_ts: origin.unwrap_or(req.transmit_ts),
-            receive_ts: at,
-            transmit_ts: at.add_secs(0.00001),
-        };
-        let mut out = [0u8; 48];
-        h.write(&mut out);
-        out
     }
 
     #[test]
@@ -362,12 +339,14 @@ mod tests {
         in_flight.insert(id, (), now.mono);
         let later = now.later(0.01);
         // An off-path attacker's guess, then garbage: both ignored.
-        let forged = reply(&req.packet, now.kernel, Some(NtpTimestamp::from_bits(42)));
+        let forged = primary_reply(&req.packet, now.kernel, |h| {
+            h.origin_ts = NtpTimestamp::from_bits(42)
+        });
         assert!(deliver(&mut e, id, &forged, later.kernel, &later));
         assert!(deliver(&mut e, id, &[0u8; 12], later.kernel, &later));
         assert_eq!(e.source(id).unwrap().reach(), 0);
         // The real reply still counts, and ends the exchange.
-        let real = reply(&req.packet, now.kernel.add_secs(0.005), None);
+        let real = primary_reply(&req.packet, now.kernel.add_secs(0.005), |_| {});
         assert!(!deliver(&mut e, id, &real, later.kernel, &later));
         assert_eq!(e.source(id).unwrap().reach(), 1);
     }

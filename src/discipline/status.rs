@@ -7,9 +7,9 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::config::DisciplineMode;
 use crate::proto::{LeapIndicator, RefId};
 
+use super::engine::ClockMode;
 pub use super::transition::Reason;
 
 /// Selection state of a source, as ntpq's tally codes.
@@ -129,7 +129,7 @@ impl SyncState {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SystemStatus {
     /// Discipline mode.
-    pub mode: DisciplineMode,
+    pub mode: ClockMode,
     /// What is served.
     pub state: SyncState,
     /// Why (e.g. corrections refused beyond panic-threshold).

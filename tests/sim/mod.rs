@@ -8,12 +8,12 @@
 use std::net::SocketAddr;
 
 use fastntp::config::{ClockConfig, DisciplineMode};
-use fastntp::discipline::clock::{FakeClock, KernelStatus};
-use fastntp::discipline::engine::{Engine, EngineConfig, Now};
+use fastntp::discipline::engine::{Engine, Now};
+use fastntp::discipline::kernel_clock::{FakeClock, KernelStatus};
 use fastntp::discipline::leapfile::LeapTable;
-use fastntp::discipline::source::SourceConfig;
+use fastntp::discipline::source::{PollParams, SourceParams};
 use fastntp::discipline::status::{Status, SyncState, Tally};
-use fastntp::discipline::KernelBackend;
+use fastntp::discipline::{engine_params, KernelSteering};
 use fastntp::proto::{
     Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, RefId, ServerState, UnixTime,
 };
@@ -150,7 +150,7 @@ pub struct Sim {
     /// The engine under test.
     pub engine: Engine,
     /// Kernel mode: what carries out the engine's commands.
-    pub kernel: Option<KernelBackend<FakeClock>>,
+    pub kernel: Option<KernelSteering<FakeClock>>,
     /// The upstreams, by source id order.
     pub upstreams: Vec<(u64, VirtualUpstream)>,
     flight: Vec<InFlight>,
@@ -207,9 +207,9 @@ impl Sim {
         let clock = FakeClock::new(UnixTime::new(start, 0), offset, freq, wander, seed);
         let now = Now::new(clock.mono(), clock.kernel_unix());
         let kernel = (clock_cfg.discipline == DisciplineMode::Kernel)
-            .then(|| KernelBackend::new(clock.clone(), 0.0));
+            .then(|| KernelSteering::new(clock.clone(), 0.0));
         let mut sim = Sim {
-            engine: Engine::new(EngineConfig::new(&clock_cfg, -24, 0.0, true), &now),
+            engine: Engine::new(engine_params(&clock_cfg, -24, 0.0, true), &now),
             clock,
             kernel,
             upstreams: Vec::new(),
@@ -229,20 +229,22 @@ impl Sim {
     /// `upstreams` as its sources.
     fn build_engine(&mut self, base_ppm: f64, upstreams: Vec<VirtualUpstream>) {
         let now = self.now();
-        let cfg = EngineConfig::new(&self.clock_cfg, -24, base_ppm, true);
-        self.engine = Engine::new(cfg, &now);
+        let params = engine_params(&self.clock_cfg, -24, base_ppm, true);
+        self.engine = Engine::new(params, &now);
         let polls = self.polls;
         self.upstreams = upstreams
             .into_iter()
             .map(|u| {
                 let id = self.engine.add_source(
-                    SourceConfig {
+                    SourceParams {
                         name: u.addr.to_string(),
                         addr: u.addr,
                         pool: false,
-                        iburst: true,
-                        min_poll: polls.0,
-                        max_poll: polls.1,
+                        poll: PollParams {
+                            iburst: true,
+                            min_poll: polls.0,
+                            max_poll: polls.1,
+                        },
                     },
                     &now,
                 );
@@ -256,7 +258,7 @@ impl Sim {
     /// start) and takes that as its zero; the engine is rebuilt with the
     /// frequency limits that follow from it.
     pub fn set_kernel_base(&mut self, ppm: f64) {
-        self.kernel = Some(KernelBackend::start(self.clock.clone(), ppm).expect("fake clock"));
+        self.kernel = Some(KernelSteering::start(self.clock.clone(), ppm).expect("fake clock"));
         let upstreams = self.upstreams.drain(..).map(|(_, u)| u).collect();
         self.build_engine(ppm, upstreams);
     }

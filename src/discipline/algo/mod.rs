@@ -2,7 +2,8 @@
 //! simulated time:
 //!
 //! - [`filter`]: per-source sample history and weighted regression (offset,
-//!   frequency, jitter), with delay weighting and a runs-test window.
+//!   frequency, jitter), with delay weighting and a runs-test window, and
+//!   in front of it popcorn-spike suppression and jump detection.
 //! - [`select`]: RFC 5905 intersection (falseticker rejection) and
 //!   clustering.
 //! - [`combine`]: RFC 5905 combining of the survivors, plus their

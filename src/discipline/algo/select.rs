@@ -16,7 +16,7 @@
 //! - A source that missed its latest poll ([`Candidate::stale`]) may help
 //!   form a majority but never prevents one: when all candidates have no
 //!   majority, the ones still answering are asked alone. A stale source
-//!   outside the intersection is set aside ([`Verdict::Stale`]), never
+//!   outside the intersection is set aside ([`Candidacy::Stale`]), never
 //!   called a falseticker: it stopped answering, it did not disagree.
 
 /// Clustering stops at this many survivors (RFC 5905 NMIN).
@@ -40,7 +40,7 @@ pub struct Candidate {
 
 /// What selection made of a candidate (ntpq's tally codes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Candidacy {
     /// Outside the agreeing majority: `x`.
     Falseticker,
     /// A truechimer pruned by clustering: `-`.
@@ -103,20 +103,20 @@ fn majority(candidates: &[Candidate]) -> Option<(f64, f64)> {
     })
 }
 
-/// Runs intersection and clustering; one verdict per candidate, in order.
+/// Runs intersection and clustering; one [`Candidacy`] per candidate, in order.
 /// Without a majority every answering candidate is a falseticker.
-pub fn select(candidates: &[Candidate]) -> Vec<Verdict> {
+pub fn select(candidates: &[Candidate]) -> Vec<Candidacy> {
     let outside = |c: &Candidate| {
         if c.stale {
-            Verdict::Stale
+            Candidacy::Stale
         } else {
-            Verdict::Falseticker
+            Candidacy::Falseticker
         }
     };
     let Some((low, high)) = majority(candidates) else {
         return candidates.iter().map(outside).collect();
     };
-    let mut verdicts: Vec<Verdict> = candidates
+    let mut outcomes: Vec<Candidacy> = candidates
         .iter()
         .map(|c| {
             let d = c.root_distance.abs();
@@ -124,17 +124,17 @@ pub fn select(candidates: &[Candidate]) -> Vec<Verdict> {
             if c.offset + d < low || c.offset - d > high {
                 outside(c)
             } else {
-                Verdict::Survivor
+                Candidacy::Survivor
             }
         })
         .collect();
     let truechimers: Vec<usize> = (0..candidates.len())
-        .filter(|&i| verdicts[i] == Verdict::Survivor)
+        .filter(|&i| outcomes[i] == Candidacy::Survivor)
         .collect();
     for i in cluster(candidates, &truechimers) {
-        verdicts[i] = Verdict::Outlier;
+        outcomes[i] = Candidacy::Outlier;
     }
-    verdicts
+    outcomes
 }
 
 /// Clustering (RFC 5905 §11.2.2) over the indices `truechimers`: returns
@@ -191,9 +191,9 @@ mod tests {
             c(0.0001, 0.01),
         ];
         let v = select(&cands);
-        assert_eq!(v[2], Verdict::Falseticker);
+        assert_eq!(v[2], Candidacy::Falseticker);
         for i in [0, 1, 3] {
-            assert_eq!(v[i], Verdict::Survivor, "{i}: {v:?}");
+            assert_eq!(v[i], Candidacy::Survivor, "{i}: {v:?}");
         }
         let (low, high) = intersection(&cands).unwrap();
         assert!(low < 0.0 && high > 0.0 && high < 0.02);
@@ -201,13 +201,13 @@ mod tests {
 
     #[test]
     fn a_single_source_is_its_own_majority() {
-        assert_eq!(select(&[c(2.5, 0.01)]), vec![Verdict::Survivor]);
+        assert_eq!(select(&[c(2.5, 0.01)]), vec![Candidacy::Survivor]);
     }
 
     #[test]
     fn two_disagreeing_sources_have_no_majority() {
         let v = select(&[c(0.0, 0.01), c(60.0, 0.01)]);
-        assert_eq!(v, vec![Verdict::Falseticker; 2]);
+        assert_eq!(v, vec![Candidacy::Falseticker; 2]);
         assert_eq!(intersection(&[]), None);
     }
 
@@ -219,8 +219,8 @@ mod tests {
             c(2.501, 0.005),
             c(2.499, 0.005),
         ]);
-        assert_eq!(v[1], Verdict::Falseticker);
-        assert_eq!(v.iter().filter(|v| **v == Verdict::Survivor).count(), 3);
+        assert_eq!(v[1], Candidacy::Falseticker);
+        assert_eq!(v.iter().filter(|v| **v == Candidacy::Survivor).count(), 3);
     }
 
     #[test]
@@ -235,8 +235,8 @@ mod tests {
             c(0.004, 0.01),
         ];
         let v = select(&cands);
-        assert_eq!(v[4], Verdict::Outlier, "{v:?}");
-        assert_eq!(v.iter().filter(|v| **v == Verdict::Survivor).count(), 3);
+        assert_eq!(v[4], Candidacy::Outlier, "{v:?}");
+        assert_eq!(v.iter().filter(|v| **v == Candidacy::Survivor).count(), 3);
     }
 
     #[test]
@@ -250,7 +250,7 @@ mod tests {
         for x in &mut cands {
             x.jitter = 0.001;
         }
-        assert!(select(&cands).iter().all(|v| *v == Verdict::Survivor));
+        assert!(select(&cands).iter().all(|v| *v == Candidacy::Survivor));
     }
 
     #[test]
@@ -260,7 +260,7 @@ mod tests {
         // pseudo-code counts the wide one's midpoint as outside and finds no
         // majority of two.)
         let v = select(&[c(-0.000008, 0.001), c(0.0, 0.000005)]);
-        assert_eq!(v, vec![Verdict::Survivor; 2]);
+        assert_eq!(v, vec![Candidacy::Survivor; 2]);
         // Busy host: one of three good sources is ±3.5 ms wide around
         // +3 ms; with a real falseticker among four, three still agree.
         let v = select(&[
@@ -269,8 +269,8 @@ mod tests {
             c(0.00003, 0.0002),
             c(57.5, 0.00015),
         ]);
-        assert_eq!(v[3], Verdict::Falseticker);
-        assert!(v[..3].iter().all(|v| *v == Verdict::Survivor), "{v:?}");
+        assert_eq!(v[3], Candidacy::Falseticker);
+        assert!(v[..3].iter().all(|v| *v == Candidacy::Survivor), "{v:?}");
     }
 
     #[test]
@@ -281,31 +281,39 @@ mod tests {
         };
         // One of two left: the dead one's estimate drifted away.
         let v = select(&[stale(0.01, 0.001), c(0.0, 0.0001)]);
-        assert_eq!(v, vec![Verdict::Stale, Verdict::Survivor]);
+        assert_eq!(v, vec![Candidacy::Stale, Candidacy::Survivor]);
         // ... or did not: it is still combined.
         let v = select(&[stale(0.0002, 0.001), c(0.0, 0.0001)]);
-        assert_eq!(v, vec![Verdict::Survivor; 2]);
+        assert_eq!(v, vec![Candidacy::Survivor; 2]);
         // Two of three.
         let v = select(&[c(0.0, 0.0001), stale(0.01, 0.001), c(0.00005, 0.0001)]);
         assert_eq!(
             v,
-            vec![Verdict::Survivor, Verdict::Stale, Verdict::Survivor]
+            vec![Candidacy::Survivor, Candidacy::Stale, Candidacy::Survivor]
         );
         // It still helps a majority: a live falseticker against a live and
         // a stale truechimer.
         let v = select(&[c(1.0, 0.001), c(0.0, 0.001), stale(0.0001, 0.001)]);
         assert_eq!(
             v,
-            vec![Verdict::Falseticker, Verdict::Survivor, Verdict::Survivor]
+            vec![
+                Candidacy::Falseticker,
+                Candidacy::Survivor,
+                Candidacy::Survivor
+            ]
         );
         // Answering sources that disagree are falsetickers; the silent one
         // is set aside.
         let v = select(&[c(1.0, 0.001), c(0.0, 0.001), stale(0.5, 0.001)]);
         assert_eq!(
             v,
-            vec![Verdict::Falseticker, Verdict::Falseticker, Verdict::Stale]
+            vec![
+                Candidacy::Falseticker,
+                Candidacy::Falseticker,
+                Candidacy::Stale
+            ]
         );
         // Only stale sources (all lost a reply): selected as usual.
-        assert_eq!(select(&[stale(0.0, 0.001)]), vec![Verdict::Survivor]);
+        assert_eq!(select(&[stale(0.0, 0.001)]), vec![Candidacy::Survivor]);
     }
 }

@@ -73,7 +73,7 @@ impl Trajectory {
 
 /// Limits of steering.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SteerConfig {
+pub struct SteerLimits {
     /// Errors above this are stepped (0 = never step).
     pub step_threshold: f64,
     /// Errors above this are refused (0 = no limit).
@@ -92,7 +92,7 @@ pub struct SteerConfig {
     pub rate_range: (f64, f64),
 }
 
-impl SteerConfig {
+impl SteerLimits {
     /// The limits for a clock that takes frequencies within
     /// ±[`MAX_SLEW`] of `base` (kernel mode: the kernel's range around
     /// the frequency it started from).
@@ -134,7 +134,7 @@ pub fn steer(
     target: f64,
     freq: f64,
     first: bool,
-    cfg: &SteerConfig,
+    cfg: &SteerLimits,
 ) -> Action {
     let error = target - traj.at(now);
     let beyond_panic = cfg.panic_threshold > 0.0 && error.abs() > cfg.panic_threshold;
@@ -182,7 +182,7 @@ pub fn steer(
 mod tests {
     use super::*;
 
-    const CFG: SteerConfig = SteerConfig {
+    const CFG: SteerLimits = SteerLimits {
         step_threshold: 0.128,
         panic_threshold: 1000.0,
         first_step_unlimited: true,
@@ -227,7 +227,7 @@ mod tests {
             Action::Step(2000.0)
         );
         // ... and not otherwise.
-        let strict = SteerConfig {
+        let strict = SteerLimits {
             first_step_unlimited: false,
             ..CFG
         };
@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn software_mode_steps_the_first_correction_whatever_its_size() {
-        let cfg = SteerConfig {
+        let cfg = SteerLimits {
             step_first: true,
             ..CFG
         };
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn step_threshold_zero_never_steps() {
-        let cfg = SteerConfig {
+        let cfg = SteerLimits {
             step_threshold: 0.0,
             ..CFG
         };
@@ -261,8 +261,8 @@ mod tests {
 
     #[test]
     fn slew_respects_the_kernel_frequency_limit() {
-        let (freq_range, rate_range) = SteerConfig::kernel_ranges(0.0);
-        let cfg = SteerConfig {
+        let (freq_range, rate_range) = SteerLimits::kernel_ranges(0.0);
+        let cfg = SteerLimits {
             freq_range,
             rate_range,
             ..CFG
@@ -280,8 +280,8 @@ mod tests {
     fn kernel_limits_are_asymmetric_around_a_nonzero_base() {
         // The kernel starts at +400 ppm (a stale drift file); the oscillator
         // needs -50 ppm: -450 ppm relative to the base, within -900..+100.
-        let (freq_range, rate_range) = SteerConfig::kernel_ranges(400e-6);
-        let cfg = SteerConfig {
+        let (freq_range, rate_range) = SteerLimits::kernel_ranges(400e-6);
+        let cfg = SteerLimits {
             freq_range,
             rate_range,
             ..CFG

@@ -28,7 +28,10 @@
 //! interval.
 //!
 //! Pure: samples in, [`Estimate`] out; times are seconds on any monotonic
-//! scale chosen by the caller.
+//! scale chosen by the caller. In front of it, [`popcorn`] holds back
+//! spikes and recognizes jumps.
+
+pub mod popcorn;
 
 use std::collections::VecDeque;
 
