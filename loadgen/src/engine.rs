@@ -609,15 +609,15 @@ impl Book {
         i: usize,
     ) -> Option<u32> {
         let c = &mut self.c;
-        c.received += 1;
+        c.other.received += 1;
         let info = cmsg::parse(batch.control(i));
         let payload = batch.payload(i);
         if payload.len() < HEADER_LEN {
-            c.malformed += 1;
+            c.other.malformed += 1;
             return info.rxq_dropped;
         }
         if !batch.from_peer(i, &self.peer) {
-            c.wrong_source += 1;
+            c.other.wrong_source += 1;
             return info.rxq_dropped;
         }
         let mut origin = [0u8; 8];
@@ -625,15 +625,15 @@ impl Book {
         let idx = match self.table.lookup(u64::from_be_bytes(origin), s as u16) {
             Lookup::Outstanding(idx) => idx,
             Lookup::NoMatch => {
-                c.unmatched += 1;
+                c.other.unmatched += 1;
                 return info.rxq_dropped;
             }
             Lookup::Answered => {
-                c.duplicates += 1;
+                c.other.duplicates += 1;
                 return info.rxq_dropped;
             }
             Lookup::Lost => {
-                c.stale += 1;
+                c.other.stale += 1;
                 return info.rxq_dropped;
             }
         };
@@ -656,7 +656,7 @@ impl Book {
         if age > self.late_limit_ns {
             self.table.give_up(idx);
             c.lost += 1;
-            c.stale += 1;
+            c.other.stale += 1;
             return info.rxq_dropped;
         }
         self.table.answer(idx);
@@ -665,7 +665,7 @@ impl Book {
             return info.rxq_dropped;
         }
         let Ok(h) = Header::parse(payload) else {
-            c.malformed += 1;
+            c.other.malformed += 1;
             return info.rxq_dropped;
         };
         match judge(

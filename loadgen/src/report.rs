@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::args::JunkPlan;
 use crate::flood::FloodResult;
 use crate::kernel::UdpCounters;
-use crate::stats::{Counters, Histograms, Percentiles, Timeline};
+use crate::stats::{Counters, Histograms, Others, Percentiles, Timeline};
 use crate::sweep::{Phase, StepOutcome, StopReason};
 use crate::validate::Invalid;
 
@@ -174,23 +174,6 @@ pub struct Shares {
     pub invalid_pct: f64,
     /// KoD.
     pub kod_pct: f64,
-}
-
-/// Datagrams that answer no outstanding request.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Others {
-    /// All datagrams read.
-    pub received: u64,
-    /// Second and later replies to one request.
-    pub duplicates: u64,
-    /// Origin matches no request (wrong origin, garbage).
-    pub unmatched: u64,
-    /// Replies to requests already counted lost.
-    pub stale: u64,
-    /// From an address other than the target.
-    pub wrong_source: u64,
-    /// Shorter than an NTP header.
-    pub malformed: u64,
 }
 
 /// How sending went.
@@ -583,14 +566,7 @@ impl StepReport {
                 .map(|r| (r.name(), c.invalid[r.index()]))
                 .collect(),
             kod_by_code: c.kod.named().into_iter().collect(),
-            other_datagrams: Others {
-                received: c.received,
-                duplicates: c.duplicates,
-                unmatched: c.unmatched,
-                stale: c.stale,
-                wrong_source: c.wrong_source,
-                malformed: c.malformed,
-            },
+            other_datagrams: c.other,
             own_receive_drops: c.own_drops,
             send: SendStats {
                 calls: c.send_calls,
@@ -645,7 +621,7 @@ fn kernel_check(
 ) -> KernelCheck {
     // Replies to junk are counted as they come back, like our replies.
     let junk_replies = junk.map_or(0, |j| j.replies);
-    let replies = c.received + c.own_drops + junk_replies;
+    let replies = c.other.received + c.own_drops + junk_replies;
     // OutDatagrams counts a UDP GSO send once, however many datagrams it
     // carries; InDatagrams counts each datagram.
     let out_sent = if gso { c.send_calls } else { c.sent } + junk.map_or(0, |j| j.messages);
@@ -1243,8 +1219,11 @@ mod tests {
             late: 2,
             lost: 4,
             kod,
-            received: 1001,
-            duplicates: 5,
+            other: Others {
+                received: 1001,
+                duplicates: 5,
+                ..Others::default()
+            },
             send_calls: 100,
             ..Counters::default()
         };
