@@ -19,7 +19,7 @@ use fastntp::clock;
 use fastntp::proto::{Header, NtpTimestamp, UnixTime, HEADER_LEN};
 use fastntp::sys::cmsg::{self, ERRQUEUE_CONTROL_LEN, RECV_CONTROL_LEN};
 
-use crate::batch::{PeerName, RecvBatch, SendBatch, RECV_SLOT};
+use crate::batch::{PeerName, RecvBatch, SendBatch, GSO_MAX_SEGMENTS, RECV_SLOT};
 use crate::clients::{kernel_drops, ClientSocket};
 use crate::matching::{Lookup, SlotTable};
 use crate::pacing::Schedule;
@@ -45,9 +45,6 @@ const DRAIN_WAIT_NS: u64 = 20_000_000;
 const TX_RING: usize = 1024;
 /// `SCM_TSTAMP_SND`: stamped when the datagram left for the device.
 const TSTAMP_SND: u32 = 0;
-/// Most datagrams per UDP GSO send (`UDP_MAX_SEGMENTS` was 64 before
-/// Linux 5.x raised it).
-pub const GSO_MAX_SEGMENTS: usize = 64;
 /// Payload room of an error-queue read (`OPT_TSONLY`: none is returned).
 const ERR_SLOT: usize = 16;
 

@@ -20,9 +20,12 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::batch::RecvBatch;
+use fastntp::sys::buffers::zeroed_slice;
+use fastntp::sys::cmsg::{self, ControlBuf};
+
+use crate::batch::{send_messages, RecvBatch, GSO_MAX_SEGMENTS};
 use crate::clients::{kernel_drops, ClientSocket};
-use crate::engine::{elapsed_ns, thread_usage, wait_until, GSO_MAX_SEGMENTS};
+use crate::engine::{elapsed_ns, thread_usage, wait_until};
 use crate::junk::JunkClass;
 use crate::pacing::Schedule;
 use crate::poller::Poller;
@@ -44,10 +47,10 @@ pub const JUNK_RECV_BUFFER: usize = 1 << 20;
 /// Bytes kept of a reply to junk (only counted).
 const REPLY_SLOT: usize = 64;
 
-/// Control-message room for one `UDP_SEGMENT` (a u16), 8-byte aligned.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct SegmentControl([u8; 32]);
+/// Control-message room for one `UDP_SEGMENT` (a u16).
+const SEGMENT_CONTROL_LEN: usize = cmsg::space(std::mem::size_of::<u16>());
+/// The control buffer of one GSO message.
+type SegmentControl = ControlBuf<SEGMENT_CONTROL_LEN>;
 
 /// One class, ready to send: its bytes repeated for a GSO message.
 struct ClassBuf {
@@ -196,11 +199,6 @@ impl Flood {
         for (i, s) in sockets.iter().enumerate() {
             poller.add(s.fd(), i as u64)?;
         }
-        let zeroed = |n| -> Box<[libc::mmsghdr]> {
-            // SAFETY: all-zero bytes are a valid mmsghdr (null pointers,
-            // zero lengths).
-            (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
-        };
         Ok(Flood {
             drops_base: vec![0; sockets.len()],
             dealt_by_class: vec![0; cfg.classes.len()],
@@ -211,14 +209,12 @@ impl Flood {
                 .iter()
                 .map(|&c| ClassBuf::new(c, cfg.gso))
                 .collect(),
-            iov: (0..CALL_MAX)
-                .map(|_| libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                })
-                .collect(),
-            hdr: zeroed(CALL_MAX),
-            control: vec![SegmentControl([0; 32]); CALL_MAX].into_boxed_slice(),
+            // SAFETY: all-zero is a valid iovec (null pointer, length 0).
+            iov: unsafe { zeroed_slice(CALL_MAX) },
+            // SAFETY: all-zero is a valid mmsghdr (null pointers, zero
+            // lengths).
+            hdr: unsafe { zeroed_slice(CALL_MAX) },
+            control: vec![SegmentControl::default(); CALL_MAX].into_boxed_slice(),
             segs: vec![0; CALL_MAX].into_boxed_slice(),
             replies: RecvBatch::new(64),
             next_socket: 0,
@@ -317,7 +313,10 @@ impl Flood {
         let s = self.next_socket;
         let fd = self.sockets[s].fd();
         let messages = self.build(ci, k);
-        let result = send_messages(fd, &mut self.hdr[..messages]);
+        // SAFETY: `build` pointed every header at an iovec and (for GSO) a
+        // control buffer owned by the flood, and the iovecs at its class
+        // buffers; nothing of it moves during the call.
+        let result = unsafe { send_messages(fd, &mut self.hdr[..messages]) };
         match result {
             Ok(sent_msgs) => {
                 let sent: usize = self.segs[..sent_msgs].iter().sum();
@@ -434,26 +433,6 @@ impl Flood {
                 }
                 Err(_) => return,
             }
-        }
-    }
-}
-
-/// `sendmmsg` on connected `fd`; the number of messages sent, or the error
-/// if none was.
-fn send_messages(fd: RawFd, hdr: &mut [libc::mmsghdr]) -> std::io::Result<usize> {
-    loop {
-        // SAFETY: every header points at an iovec and (for GSO) a control
-        // buffer owned by the flood, and the iovecs at its class buffers,
-        // all alive and unmoved during the call; the socket is connected,
-        // so no names are needed.
-        let rc =
-            unsafe { libc::sendmmsg(fd, hdr.as_mut_ptr(), hdr.len() as u32, libc::MSG_DONTWAIT) };
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
         }
     }
 }

@@ -327,7 +327,7 @@ impl Runner {
                 precise_tx: p.precise_tx,
                 ntp_version: p.version,
                 max_batch: if self.buffers.gso {
-                    p.max_batch.min(crate::engine::GSO_MAX_SEGMENTS)
+                    p.max_batch.min(crate::batch::GSO_MAX_SEGMENTS)
                 } else {
                     p.max_batch
                 },
