@@ -16,7 +16,7 @@ use fastntp::sys::cpu::pin_current_thread;
 
 use crate::args::{Mode, Plan};
 use crate::clients::{self, BufferInfo, ClientSetup, ClientSocket};
-use crate::engine::{tighten_timer_slack, Engine, EngineConfig, Live, StepCmd, ThreadResult};
+use crate::engine::{Engine, EngineConfig, Live, StepCmd, ThreadResult};
 use crate::error::{Error, RunError};
 use crate::flood::{Flood, FloodCmd, FloodConfig, FloodResult, JUNK_RECV_BUFFER};
 use crate::kernel;
@@ -27,6 +27,7 @@ use crate::report::{ConfigReport, JunkReport, RunReport, StepInput, StepReport, 
 use crate::signals::Interrupt;
 use crate::stats::{Counters, Histograms};
 use crate::sweep::{Phase, Sweep};
+use crate::timing::tighten_timer_slack;
 
 /// How long the kernel may take to switch timestamping on (the first
 /// datagrams after enabling it can come without a stamp).

@@ -25,11 +25,12 @@ use fastntp::sys::cmsg::{self, ControlBuf};
 
 use crate::batch::{send_messages, RecvBatch, GSO_MAX_SEGMENTS};
 use crate::clients::{kernel_drops, ClientSocket};
-use crate::engine::{elapsed_ns, thread_usage, wait_until};
 use crate::junk::JunkClass;
 use crate::pacing::Schedule;
 use crate::poller::Poller;
+use crate::send_loop::{self, PacedSender, Round};
 use crate::signals::Interrupt;
+use crate::timing::{elapsed_ns, nanos};
 
 /// Most datagrams per send call.
 pub const CALL_MAX: usize = 256;
@@ -236,68 +237,23 @@ impl Flood {
         for (base, s) in self.drops_base.iter_mut().zip(&self.sockets) {
             *base = kernel_drops(s.fd()).unwrap_or(0);
         }
-        let duration_ns = cmd.duration.as_nanos().min(u64::MAX as u128) as u64;
-        let sched = Schedule::with_tick(cmd.rate, duration_ns, CALL_MAX, TICK_NS);
-        wait_until(cmd.start);
-        let usage_before = thread_usage();
-        let mut done = 0u64;
-        loop {
-            if interrupt.stop_requested() {
-                self.r.interrupted = true;
-                break;
-            }
-            // Past the end everything is due: the tail goes out before the
-            // loop ends, however late this thread woke up.
-            let el = elapsed_ns(cmd.start);
-            let mut want = sched.to_send(done, el);
-            if want > 0 {
-                self.r.max_lag_ns = self.r.max_lag_ns.max(sched.lag(done, el));
-                for _ in 0..CATCH_UP_CALLS {
-                    if want == 0 {
-                        break;
-                    }
-                    let consumed = self.send_call(want.min(CALL_MAX as u64) as usize);
-                    if consumed == 0 {
-                        break;
-                    }
-                    done += consumed;
-                    want -= consumed;
-                }
-            }
-            if done >= sched.total() || el >= duration_ns {
-                break;
-            }
-            // Look for replies, and sleep until the next call is due.
-            let wait = match sched.next_release(done) {
-                Some(next) if want == 0 => next.saturating_sub(elapsed_ns(cmd.start)),
-                _ => 0,
-            };
-            self.poll(wait.min(duration_ns.saturating_sub(elapsed_ns(cmd.start))));
-        }
-        let send_end = Duration::from_nanos(elapsed_ns(cmd.start));
-        let usage_after = thread_usage();
-        self.r.cpu_ns = usage_after.cpu_ns.saturating_sub(usage_before.cpu_ns);
-        self.r.preempted = usage_after.preempted.saturating_sub(usage_before.preempted);
-        self.r.scheduled = if self.r.interrupted {
-            sched.due_by(send_end.as_nanos() as u64)
-        } else {
-            sched.total()
-        };
-        self.r.send_window = if self.r.interrupted {
-            send_end
-        } else {
-            cmd.duration
-        };
+        let sched = Schedule::with_tick(cmd.rate, nanos(cmd.duration), CALL_MAX, TICK_NS);
+        let sent = send_loop::run(
+            self,
+            &sched,
+            cmd.start,
+            cmd.duration,
+            CATCH_UP_CALLS,
+            interrupt,
+        );
+        self.r.interrupted = sent.interrupted;
+        self.r.max_lag_ns = sent.max_lag_ns;
+        self.r.cpu_ns = sent.cpu_ns;
+        self.r.preempted = sent.preempted;
+        self.r.scheduled = sent.scheduled;
+        self.r.send_window = sent.send_window;
         // Replies to the last datagrams may still be on their way.
-        let linger_end = Instant::now() + self.linger;
-        while !interrupt.hurry() {
-            let now = Instant::now();
-            if now >= linger_end {
-                break;
-            }
-            self.poll((linger_end - now).as_nanos().min(20_000_000) as u64);
-        }
-        self.poll(0);
+        send_loop::linger(self, nanos(self.linger), interrupt);
         for (base, s) in self.drops_base.iter().zip(&self.sockets) {
             let now = kernel_drops(s.fd()).unwrap_or(*base);
             self.r.replies += now.wrapping_sub(*base) as u64;
@@ -308,7 +264,7 @@ impl Flood {
     /// One `sendmmsg` of `k` datagrams of the class furthest behind on the
     /// next socket; returns how many datagrams of the schedule are dealt
     /// with (0: retry later).
-    fn send_call(&mut self, k: usize) -> u64 {
+    fn send_class(&mut self, k: usize) -> u64 {
         let ci = self.next_class();
         let s = self.next_socket;
         let fd = self.sockets[s].fd();
@@ -437,6 +393,26 @@ impl Flood {
     }
 }
 
+impl PacedSender for Flood {
+    fn send_call(&mut self, due: u64) -> u64 {
+        self.send_class(due.min(CALL_MAX as u64) as usize)
+    }
+
+    /// Reads what came back and, with nothing left due, sleeps until the
+    /// next call is due (never past the end of sending).
+    fn between_rounds(&mut self, round: &Round<'_>) {
+        let wait = match round.sched.next_release(round.done) {
+            Some(next) if round.left == 0 => next.saturating_sub(elapsed_ns(round.start)),
+            _ => 0,
+        };
+        self.poll(wait.min(round.duration_ns.saturating_sub(elapsed_ns(round.start))));
+    }
+
+    fn await_replies(&mut self, timeout_ns: u64) {
+        self.poll(timeout_ns);
+    }
+}
+
 /// Writes a `UDP_SEGMENT` control message of segment size `size` into
 /// `out`; returns its length.
 fn write_segment_control(out: &mut SegmentControl, size: u16) -> usize {
@@ -465,147 +441,4 @@ fn write_segment_control(out: &mut SegmentControl, size: u16) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clients::open_plain;
-    use crate::junk::JunkClass;
-    use std::net::UdpSocket;
-
-    /// Reads everything `sink` receives within `for_` (it stops early once
-    /// `want` datagrams came): datagram lengths in arrival order.
-    fn drain(sink: &UdpSocket, want: usize, for_: Duration) -> Vec<usize> {
-        sink.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let deadline = Instant::now() + for_;
-        let mut lens = Vec::new();
-        let mut buf = [0u8; 2048];
-        while lens.len() < want && Instant::now() < deadline {
-            if let Ok(n) = sink.recv(&mut buf) {
-                lens.push(n);
-            }
-        }
-        lens
-    }
-
-    /// Room in `sink`'s queue for everything a test sends, whatever else
-    /// the host is doing (forced when root, else up to `rmem_max`).
-    fn deepen(sink: &UdpSocket) {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(sink);
-        let set = |opt| fastntp::sys::socket::setsockopt_int(fd, libc::SOL_SOCKET, opt, 32 << 20);
-        if set(libc::SO_RCVBUFFORCE).is_err() {
-            let _ = set(libc::SO_RCVBUF);
-        }
-    }
-
-    fn flood_to(sink: &UdpSocket, classes: Vec<JunkClass>, gso: bool) -> Flood {
-        deepen(sink);
-        let target = sink.local_addr().unwrap();
-        let sockets = open_plain(target, 2, JUNK_RECV_BUFFER).unwrap();
-        let cfg = FloodConfig {
-            target,
-            classes,
-            gso,
-            linger: Duration::from_millis(10),
-        };
-        Flood::new(&cfg, sockets).unwrap()
-    }
-
-    #[test]
-    fn a_call_sends_each_class_as_separate_datagrams_with_and_without_gso() {
-        for gso in [true, false] {
-            let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let classes = vec![JunkClass::Oversize, JunkClass::Empty, JunkClass::Short];
-            let mut f = flood_to(&sink, classes, gso);
-            f.r.sent_by_class = vec![0; 3];
-            for k in [100, 7, 30] {
-                assert_eq!(f.send_call(k), k as u64, "gso {gso}");
-            }
-            let lens = drain(&sink, 137, Duration::from_secs(5));
-            let mut want = vec![1400; 100];
-            want.extend([0; 7]);
-            want.extend([47; 30]);
-            assert_eq!(lens, want, "gso {gso}");
-            assert_eq!(f.r.sent, 137);
-            // Messages: 100 oversize in 3 GSO messages (46 per 64,400 B)
-            // plus 7 + 30; without GSO one per datagram.
-            assert_eq!(f.r.messages, if gso { 3 + 7 + 1 } else { 137 });
-            assert_eq!(f.r.sent_by_class, vec![100, 7, 30]);
-            // GSO: 100 oversize datagrams in 3 messages (46 per 64,400 B).
-            assert_eq!(f.classes[0].per_message, if gso { 46 } else { 1 });
-            assert_eq!(f.classes[1].per_message, 1, "empty datagrams never GSO");
-        }
-    }
-
-    #[test]
-    fn classes_keep_equal_shares_when_calls_are_uneven() {
-        // A late thread catches up with full calls between small ones; a
-        // call-by-call rotation would hand every full call to one class.
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let classes = vec![JunkClass::Empty, JunkClass::Short, JunkClass::Mode(6)];
-        let mut f = flood_to(&sink, classes, true);
-        f.r.sent_by_class = vec![0; 3];
-        let mut total = 0;
-        for k in [CALL_MAX, 1, 1].repeat(10) {
-            total += f.send_call(k) as usize;
-            let s = &f.r.sent_by_class;
-            let spread = s.iter().max().unwrap() - s.iter().min().unwrap();
-            assert!(spread <= CALL_MAX as u64, "{s:?}");
-        }
-        let s = &f.r.sent_by_class;
-        assert_eq!(s.iter().sum::<u64>() as usize, total);
-        assert!(s.iter().all(|&n| n >= 2 * CALL_MAX as u64), "{s:?}");
-        assert_eq!(drain(&sink, total, Duration::from_secs(5)).len(), total);
-    }
-
-    #[test]
-    fn a_flood_that_wakes_after_the_end_still_sends_its_tail() {
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut f = flood_to(&sink, vec![JunkClass::Empty], true);
-        let cmd = FloodCmd {
-            rate: 10_000.0,
-            duration: Duration::from_millis(50),
-            start: Instant::now() - Duration::from_millis(80),
-        };
-        let r = f.run_step(&cmd, &Interrupt::default());
-        assert_eq!((r.sent, r.scheduled), (500, 500), "{r:?}");
-        assert_eq!(drain(&sink, 500, Duration::from_secs(5)), vec![0; 500]);
-    }
-
-    #[test]
-    fn a_step_is_paced_and_counts_replies() {
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut f = flood_to(&sink, vec![JunkClass::Mode(6)], true);
-        // The "server" answers one datagram per junk socket.
-        let interrupt = Interrupt::default();
-        let cmd = FloodCmd {
-            rate: 20_000.0,
-            duration: Duration::from_millis(300),
-            start: Instant::now() + Duration::from_millis(5),
-        };
-        let answer = std::thread::spawn({
-            let sink = sink.try_clone().unwrap();
-            move || {
-                let mut seen = std::collections::HashSet::new();
-                let mut buf = [0u8; 64];
-                sink.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
-                let mut got = 0;
-                while let Ok((_, from)) = sink.recv_from(&mut buf) {
-                    got += 1;
-                    if seen.insert(from) {
-                        sink.send_to(b"reply", from).unwrap();
-                    }
-                }
-                got
-            }
-        });
-        let r = f.run_step(&cmd, &interrupt);
-        let got = answer.join().unwrap();
-        assert_eq!(r.sent, 6_000, "{r:?}");
-        assert_eq!(r.scheduled, 6_000);
-        assert_eq!(got, 6_000);
-        assert_eq!(r.replies, 2, "{r:?}");
-        assert_eq!(r.reply_bytes, 10);
-        assert!(r.calls >= 6_000 / CALL_MAX as u64, "{r:?}");
-    }
-}
+mod tests;
