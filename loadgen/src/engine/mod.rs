@@ -4,9 +4,9 @@
 //! judged, then a wait of up to twice the timeout for stragglers.
 //!
 //! - this file: the thread's configuration, its state and a step;
-//! - [`send`]: one batch of requests out on the next socket;
-//! - [`receive`]: reading replies and TX stamps from ready sockets;
-//! - [`book`]: what one reply changes (matching, judging, counting).
+//! - `send`: one batch of requests out on the next socket;
+//! - `receive`: reading replies and TX stamps from ready sockets;
+//! - `book`: what one reply changes (matching, judging, counting).
 //!
 //! Per packet the thread only writes a transmit timestamp, fills a slot,
 //! parses control messages and a header from pre-allocated buffers, and
