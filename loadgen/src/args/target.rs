@@ -178,25 +178,17 @@ mod tests {
 
     #[test]
     fn targets_split_into_host_and_port() {
-        assert_eq!(
-            split_target("127.0.0.1:11123").unwrap(),
-            ("127.0.0.1".into(), 11123)
-        );
-        assert_eq!(
-            split_target("127.0.0.1").unwrap(),
-            ("127.0.0.1".into(), 123)
-        );
-        assert_eq!(split_target("[::1]:500").unwrap(), ("::1".into(), 500));
-        assert_eq!(split_target("::1").unwrap(), ("::1".into(), 123));
-        assert_eq!(split_target("[::1]").unwrap(), ("::1".into(), 123));
-        assert_eq!(
-            split_target("localhost:9").unwrap(),
-            ("localhost".into(), 9)
-        );
-        assert_eq!(
-            split_target("ntp.example").unwrap(),
-            ("ntp.example".into(), 123)
-        );
+        for (text, host, port) in [
+            ("127.0.0.1:11123", "127.0.0.1", 11123),
+            ("127.0.0.1", "127.0.0.1", 123),
+            ("[::1]:500", "::1", 500),
+            ("::1", "::1", 123),
+            ("[::1]", "::1", 123),
+            ("localhost:9", "localhost", 9),
+            ("ntp.example", "ntp.example", 123),
+        ] {
+            assert_eq!(split_target(text).unwrap(), (host.into(), port), "{text}");
+        }
         for bad in ["host:port", "host:70000", "a b:1", ":123", "[::1", "[zz]:1"] {
             assert!(split_target(bad).is_err(), "{bad}");
         }

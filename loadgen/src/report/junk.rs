@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{pct_f, LIMITED_BELOW};
+use super::{cpu_pct, mean, ms, pct_f, LIMITED_BELOW};
 use crate::args::JunkPlan;
 use crate::flood::FloodResult;
 
@@ -77,17 +77,13 @@ impl JunkReport {
                 .collect(),
             sockets: plan.sockets,
             send_calls: r.calls,
-            mean_per_call: if r.calls == 0 {
-                0.0
-            } else {
-                r.sent as f64 / r.calls as f64
-            },
+            mean_per_call: mean(r.sent, r.calls),
             gso_classes: r.gso_classes,
             buffer_full: r.buffer_full,
             refused: r.refused,
             send_errors: r.send_errors,
-            max_lag_ms: r.max_lag_ns as f64 / 1e6,
-            thread_cpu_pct: pct_f(r.cpu_ns as f64 * 1e-9, window),
+            max_lag_ms: ms(r.max_lag_ns),
+            thread_cpu_pct: cpu_pct(r.cpu_ns, window),
             preempted: r.preempted,
             send_window_s: window,
         }

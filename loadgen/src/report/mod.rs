@@ -170,6 +170,25 @@ fn pct(part: u64, whole: u64) -> f64 {
     pct_f(part as f64, whole as f64)
 }
 
+/// `total / count` (0 without any).
+fn mean(total: u64, count: u64) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        total as f64 / count as f64
+    }
+}
+
+/// Nanoseconds as milliseconds.
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// `cpu_ns` of CPU time as percent of `window_s` seconds.
+fn cpu_pct(cpu_ns: u64, window_s: f64) -> f64 {
+    pct_f(cpu_ns as f64 * 1e-9, window_s)
+}
+
 /// `part` of `whole`, percent (0 unless `whole` is positive).
 fn pct_f(part: f64, whole: f64) -> f64 {
     if whole > 0.0 {

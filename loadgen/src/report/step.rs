@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{pct, pct_f, JunkReport, LIMITED_BELOW};
+use super::{cpu_pct, mean, ms, pct, pct_f, JunkReport, LIMITED_BELOW};
 use crate::args::JunkPlan;
 use crate::flood::FloodResult;
 use crate::kernel::UdpCounters;
@@ -291,19 +291,12 @@ impl StepReport {
             send: SendStats {
                 calls: c.send_calls,
                 method: if i.gso { "udp-gso" } else { "sendmmsg" },
-                mean_batch: if c.send_calls == 0 {
-                    0.0
-                } else {
-                    c.sent as f64 / c.send_calls as f64
-                },
+                mean_batch: mean(c.sent, c.send_calls),
                 buffer_full: c.send_would_block,
                 refused: c.refused,
-                max_lag_ms: c.max_lag_ns as f64 / 1e6,
+                max_lag_ms: ms(c.max_lag_ns),
                 recv_calls: c.recv_calls,
-                thread_cpu_pct: pct_f(
-                    c.cpu_ns as f64 * 1e-9,
-                    i.send_window_s * i.threads.max(1) as f64,
-                ),
+                thread_cpu_pct: cpu_pct(c.cpu_ns, i.send_window_s * i.threads.max(1) as f64),
                 preempted: c.preempted,
             },
             stamps: StampStats {
