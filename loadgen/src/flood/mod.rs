@@ -414,30 +414,23 @@ impl PacedSender for Flood {
 }
 
 /// Writes a `UDP_SEGMENT` control message of segment size `size` into
-/// `out`; returns its length.
+/// `out`; returns its length (all of `out`).
 fn write_segment_control(out: &mut SegmentControl, size: u16) -> usize {
-    let data = std::mem::size_of::<u16>() as u32;
-    // SAFETY: CMSG_SPACE / CMSG_LEN are pure arithmetic.
-    let (space, len) = unsafe {
-        (
-            libc::CMSG_SPACE(data) as usize,
-            libc::CMSG_LEN(data) as usize,
-        )
-    };
+    let data = std::mem::size_of::<u16>();
+    // CMSG_LEN(0): the header, aligned; the data follows it.
+    let hlen = cmsg::space(0);
     let header = libc::cmsghdr {
-        cmsg_len: len as _,
+        cmsg_len: (hlen + data) as _,
         cmsg_level: libc::SOL_UDP,
         cmsg_type: libc::UDP_SEGMENT,
     };
-    let hlen = std::mem::size_of::<libc::cmsghdr>();
-    debug_assert!(space <= out.0.len() && hlen + 2 <= len);
-    // SAFETY: `out` is 8-byte aligned and at least `space` bytes long, so
-    // the header fits at its start; cmsghdr is plain old data.
+    // SAFETY: `out` is aligned as a cmsghdr and longer than one, so the
+    // header fits at its start; cmsghdr is plain old data.
     unsafe {
         std::ptr::write(out.0.as_mut_ptr().cast::<libc::cmsghdr>(), header);
     }
-    out.0[hlen..hlen + 2].copy_from_slice(&size.to_ne_bytes());
-    space
+    out.0[hlen..hlen + data].copy_from_slice(&size.to_ne_bytes());
+    SEGMENT_CONTROL_LEN
 }
 
 #[cfg(test)]

@@ -143,3 +143,23 @@ fn a_step_is_paced_and_counts_replies() {
     assert_eq!(r.reply_bytes, 10);
     assert!(r.calls >= 6_000 / CALL_MAX as u64, "{r:?}");
 }
+
+#[test]
+fn the_segment_control_message_has_the_kernels_layout() {
+    let mut c = SegmentControl::default();
+    let len = write_segment_control(&mut c, 1400);
+    // SAFETY: CMSG_SPACE / CMSG_LEN are pure arithmetic.
+    let (space, cmsg_len) = unsafe { (libc::CMSG_SPACE(2) as usize, libc::CMSG_LEN(2) as usize) };
+    assert_eq!(len, space);
+    let base = c.0.as_ptr().cast::<libc::cmsghdr>();
+    // SAFETY: the buffer is aligned for and holds a cmsghdr just written.
+    let hdr = unsafe { std::ptr::read(base) };
+    assert_eq!(hdr.cmsg_len as usize, cmsg_len);
+    assert_eq!(
+        (hdr.cmsg_level, hdr.cmsg_type),
+        (libc::SOL_UDP, libc::UDP_SEGMENT)
+    );
+    // SAFETY: CMSG_DATA only offsets the header's address.
+    let at = unsafe { libc::CMSG_DATA(base) } as usize - base as usize;
+    assert_eq!(c.0[at..at + 2], 1400u16.to_ne_bytes());
+}
