@@ -197,20 +197,31 @@ mod tests {
         }
     }
 
+    /// Runs `s` at `rate` for `duration` from `start`, in rounds of four
+    /// calls.
+    fn send(
+        s: &mut Counting,
+        rate: f64,
+        duration: Duration,
+        start: Instant,
+        interrupt: &Interrupt,
+    ) -> Sent {
+        let sched = Schedule::new(rate, nanos(duration), 64);
+        run(s, &sched, start, duration, 4, interrupt)
+    }
+
     #[test]
     fn a_late_start_sends_the_whole_schedule_and_lingers_briefly() {
         let mut s = Counting {
             call_max: 30,
             ..Counting::default()
         };
-        let sched = Schedule::new(1000.0, 100_000_000, 64);
         let start = Instant::now() - Duration::from_millis(150);
-        let sent = run(
+        let sent = send(
             &mut s,
-            &sched,
-            start,
+            1000.0,
             Duration::from_millis(100),
-            4,
+            start,
             &Interrupt::default(),
         );
         assert_eq!((s.sent, s.calls), (100, 4), "one round of calls");
@@ -232,13 +243,11 @@ mod tests {
             refuse_first: true,
             ..Counting::default()
         };
-        let sched = Schedule::new(10_000.0, 20_000_000, 64);
-        let sent = run(
+        let sent = send(
             &mut s,
-            &sched,
-            Instant::now(),
+            10_000.0,
             Duration::from_millis(20),
-            4,
+            Instant::now(),
             &Interrupt::default(),
         );
         assert_eq!((s.sent, sent.scheduled), (200, 200));
@@ -253,13 +262,11 @@ mod tests {
         };
         let stop = Interrupt::default();
         stop.trigger();
-        let sched = Schedule::new(1000.0, 1_000_000_000, 64);
-        let sent = run(
+        let sent = send(
             &mut s,
-            &sched,
-            Instant::now(),
+            1000.0,
             Duration::from_secs(1),
-            4,
+            Instant::now(),
             &stop,
         );
         assert!(sent.interrupted);
