@@ -1,22 +1,56 @@
 //! Pre-allocated `sendmmsg` / `recvmmsg` batches. Buffers and message
 //! headers are allocated once per thread; the headers point into boxed
 //! buffers that never move (the raw pointers also keep these types on their
-//! thread). Per call only the lengths the kernel overwrote are reset.
+//! thread). Per call only the lengths the kernel overwrote are reset. Also
+//! the one `sendmmsg` call (for the junk flood's own messages too) and the
+//! sender-address check of a received datagram ([`PeerName`]).
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use fastntp::proto::HEADER_LEN;
+use fastntp::sys::buffers::zeroed_slice;
+use fastntp::sys::cmsg::ControlBuf;
 
 /// Bytes read per reply: any NTP header fits, and longer replies (with
 /// extension fields) are cut here — only the header is judged.
 pub const RECV_SLOT: usize = 256;
+/// Most datagrams per UDP GSO send (`UDP_MAX_SEGMENTS` was 64 before
+/// Linux 5.x raised it).
+pub const GSO_MAX_SEGMENTS: usize = 64;
 
-fn zeroed_slice<T>(n: usize) -> Box<[T]> {
-    // SAFETY: only used for C structs (iovec, mmsghdr, sockaddr_storage)
-    // for which all-zero bytes are a valid value.
-    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
+/// Runs `call`, a system call that returns a count or -1, again while a
+/// signal interrupts it.
+#[inline]
+fn restarting(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let rc = call();
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// `sendmmsg` of `hdr` on connected socket `fd`, without blocking: the
+/// number of messages sent, or the error if none was.
+///
+/// # Safety
+/// Every header must point at live iovecs (and control buffers, if any)
+/// that point at live buffers of the lengths given, none of which move
+/// during the call.
+#[inline]
+pub unsafe fn send_messages(fd: RawFd, hdr: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    let n = hdr.len() as u32;
+    restarting(|| {
+        // SAFETY: the caller vouches for what the headers point at; the
+        // socket is connected, so no names are needed.
+        unsafe { libc::sendmmsg(fd, hdr.as_mut_ptr(), n, libc::MSG_DONTWAIT) as isize }
+    })
 }
 
 /// Requests to send with one `sendmmsg` on a connected socket.
@@ -32,8 +66,11 @@ impl SendBatch {
     pub fn new(max: usize, template: [u8; HEADER_LEN]) -> SendBatch {
         let mut b = SendBatch {
             payload: vec![template; max].into_boxed_slice(),
-            iov: zeroed_slice(max),
-            hdr: zeroed_slice(max),
+            // SAFETY: all-zero is a valid iovec (null pointer, length 0).
+            iov: unsafe { zeroed_slice(max) },
+            // SAFETY: all-zero is a valid mmsghdr (null pointers, zero
+            // lengths).
+            hdr: unsafe { zeroed_slice(max) },
         };
         for i in 0..max {
             b.iov[i] = libc::iovec {
@@ -62,60 +99,39 @@ impl SendBatch {
     /// kernel took (an error only if it took none).
     pub fn send(&mut self, fd: RawFd, n: usize) -> io::Result<usize> {
         let n = n.min(self.hdr.len());
-        loop {
-            // SAFETY: headers 0..n point at iovecs and payloads owned by
-            // `self`; the socket is connected, so no names are needed.
-            let rc =
-                unsafe { libc::sendmmsg(fd, self.hdr.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
-            if rc >= 0 {
-                return Ok(rc as usize);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        // SAFETY: headers 0..n point at iovecs and payloads owned by `self`,
+        // which stay put during the call.
+        unsafe { send_messages(fd, &mut self.hdr[..n]) }
     }
-}
 
-impl SendBatch {
     /// Sends requests `0..n` as one UDP GSO buffer on connected socket `fd`
     /// (which has `UDP_SEGMENT` set to the request size): the kernel cuts
     /// it into `n` ordinary datagrams. All or nothing.
     pub fn send_gso(&mut self, fd: RawFd, n: usize) -> io::Result<usize> {
         let n = n.min(self.payload.len());
-        loop {
+        let bytes = restarting(|| {
             // SAFETY: the payloads are one contiguous allocation of
             // `payload.len()` × HEADER_LEN bytes owned by `self`, and
             // `n × HEADER_LEN` bytes of it are passed.
-            let rc = unsafe {
+            unsafe {
                 libc::send(
                     fd,
                     self.payload.as_ptr().cast(),
                     n * HEADER_LEN,
                     libc::MSG_DONTWAIT,
                 )
-            };
-            if rc >= 0 {
-                return Ok(rc as usize / HEADER_LEN);
             }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        })?;
+        Ok(bytes / HEADER_LEN)
     }
 }
-
-#[repr(C, align(8))]
-struct Control<const N: usize>([u8; N]);
 
 /// Datagrams read with one `recvmmsg`: payload slots of `SLOT` bytes,
 /// control buffers of `CTRL` bytes, and the sender's address.
 pub struct RecvBatch<const SLOT: usize, const CTRL: usize> {
     payload: Box<[[u8; SLOT]]>,
     names: Box<[libc::sockaddr_storage]>,
-    control: Box<[Control<CTRL>]>,
+    control: Box<[ControlBuf<CTRL>]>,
     iov: Box<[libc::iovec]>,
     hdr: Box<[libc::mmsghdr]>,
     used: usize,
@@ -126,10 +142,14 @@ impl<const SLOT: usize, const CTRL: usize> RecvBatch<SLOT, CTRL> {
     pub fn new(max: usize) -> Self {
         let mut b = RecvBatch {
             payload: vec![[0u8; SLOT]; max].into_boxed_slice(),
-            names: zeroed_slice(max),
-            control: (0..max).map(|_| Control([0; CTRL])).collect(),
-            iov: zeroed_slice(max),
-            hdr: zeroed_slice(max),
+            // SAFETY: all-zero is a valid sockaddr_storage (family 0).
+            names: unsafe { zeroed_slice(max) },
+            control: vec![ControlBuf::default(); max].into_boxed_slice(),
+            // SAFETY: all-zero is a valid iovec (null pointer, length 0).
+            iov: unsafe { zeroed_slice(max) },
+            // SAFETY: all-zero is a valid mmsghdr (null pointers, zero
+            // lengths).
+            hdr: unsafe { zeroed_slice(max) },
             used: max,
         };
         for i in 0..max {
@@ -162,28 +182,27 @@ impl<const SLOT: usize, const CTRL: usize> RecvBatch<SLOT, CTRL> {
         }
         self.used = 0;
         let max = self.hdr.len() as u32;
-        loop {
+        let hdr = self.hdr.as_mut_ptr();
+        let read = restarting(|| {
             // SAFETY: every header points at buffers owned by `self` with
             // the lengths just reset; the kernel writes only within them.
-            let rc = unsafe {
+            unsafe {
                 libc::recvmmsg(
                     fd,
-                    self.hdr.as_mut_ptr(),
+                    hdr,
                     max,
                     libc::MSG_DONTWAIT | extra_flags,
                     std::ptr::null_mut(),
-                )
-            };
-            if rc >= 0 {
-                self.used = rc as usize;
-                return Ok(self.used);
+                ) as isize
             }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(0),
-                _ => return Err(err),
+        });
+        match read {
+            Ok(n) => {
+                self.used = n;
+                Ok(n)
             }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(0),
+            Err(e) => Err(e),
         }
     }
 
@@ -258,35 +277,40 @@ impl PeerName {
     /// Whether a received `name` (of `len` bytes) is this address.
     #[inline]
     pub fn matches(&self, name: &libc::sockaddr_storage, len: libc::socklen_t) -> bool {
-        let len = len as usize;
         match *self {
-            PeerName::V4 { port_be, addr_be } => {
-                if name.ss_family != libc::AF_INET as libc::sa_family_t
-                    || len < std::mem::size_of::<libc::sockaddr_in>()
-                {
-                    return false;
-                }
-                // SAFETY: sockaddr_storage is large and aligned enough for
-                // any sockaddr, and the family says it holds a sockaddr_in.
-                let sin = unsafe {
-                    &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-                };
-                sin.sin_port == port_be && sin.sin_addr.s_addr == addr_be
-            }
-            PeerName::V6 { port_be, addr } => {
-                if name.ss_family != libc::AF_INET6 as libc::sa_family_t
-                    || len < std::mem::size_of::<libc::sockaddr_in6>()
-                {
-                    return false;
-                }
-                // SAFETY: as above, for a sockaddr_in6.
-                let sin6 = unsafe {
-                    &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-                };
-                sin6.sin6_port == port_be && sin6.sin6_addr.s6_addr == addr
-            }
+            PeerName::V4 { port_be, addr_be } => view::<libc::sockaddr_in>(name, len)
+                .is_some_and(|sin| sin.sin_port == port_be && sin.sin_addr.s_addr == addr_be),
+            PeerName::V6 { port_be, addr } => view::<libc::sockaddr_in6>(name, len)
+                .is_some_and(|sin6| sin6.sin6_port == port_be && sin6.sin6_addr.s6_addr == addr),
         }
     }
+}
+
+/// A socket address type of one family, as a `sockaddr_storage` holds it.
+trait SockAddrOf {
+    /// Its address family.
+    const FAMILY: libc::c_int;
+}
+
+impl SockAddrOf for libc::sockaddr_in {
+    const FAMILY: libc::c_int = libc::AF_INET;
+}
+
+impl SockAddrOf for libc::sockaddr_in6 {
+    const FAMILY: libc::c_int = libc::AF_INET6;
+}
+
+/// `name` (of `len` bytes) as a `T`, if it holds one.
+#[inline]
+fn view<T: SockAddrOf>(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<&T> {
+    if name.ss_family != T::FAMILY as libc::sa_family_t || (len as usize) < std::mem::size_of::<T>()
+    {
+        return None;
+    }
+    // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr
+    // (the only types `SockAddrOf` is implemented for), and the family says
+    // it holds a `T`.
+    Some(unsafe { &*(name as *const libc::sockaddr_storage).cast::<T>() })
 }
 
 #[cfg(test)]

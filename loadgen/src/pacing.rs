@@ -1,6 +1,6 @@
 //! The open-loop send schedule of one thread: request k is due at k / rate
 //! after the start, whatever the server does. Requests go out in batches
-//! sized to the rate — as many as fall due in one [`TICK`], at most the
+//! sized to the rate — as many as fall due in one [`TICK_NS`], at most the
 //! largest batch — so a batch is released when that many are due; a thread
 //! that falls behind sends what is overdue in full batches (catching up)
 //! and its lag is recorded. Pure arithmetic on nanoseconds since the start.

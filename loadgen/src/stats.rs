@@ -46,19 +46,8 @@ pub struct Counters {
     pub invalid: [u64; Invalid::ALL.len()],
     /// Requests answered with a kiss-o'-death, by code.
     pub kod: KissCounts,
-    /// Datagrams read from the client sockets.
-    pub received: u64,
-    /// Further replies to an already answered request.
-    pub duplicates: u64,
-    /// Replies whose origin matches no request of ours (wrong origin,
-    /// garbage, or replies to requests so old their slot was reused).
-    pub unmatched: u64,
-    /// Replies to requests already given up on (after twice the timeout).
-    pub stale: u64,
-    /// Datagrams from an address other than the target.
-    pub wrong_source: u64,
-    /// Datagrams shorter than an NTP header.
-    pub malformed: u64,
+    /// Datagrams read, and those that answer no outstanding request.
+    pub other: Others,
     /// Replies without a kernel RX timestamp (a clock read stood in).
     pub missing_rx_stamps: u64,
     /// Matched replies whose T1 is a kernel TX stamp.
@@ -108,12 +97,7 @@ impl Counters {
             *a += b;
         }
         self.kod.merge(&o.kod);
-        self.received += o.received;
-        self.duplicates += o.duplicates;
-        self.unmatched += o.unmatched;
-        self.stale += o.stale;
-        self.wrong_source += o.wrong_source;
-        self.malformed += o.malformed;
+        self.other.merge(&o.other);
         self.missing_rx_stamps += o.missing_rx_stamps;
         self.tx_stamps_used += o.tx_stamps_used;
         self.tx_stamps_missing += o.tx_stamps_missing;
@@ -124,6 +108,37 @@ impl Counters {
         self.max_lag_ns = self.max_lag_ns.max(o.max_lag_ns);
         self.cpu_ns += o.cpu_ns;
         self.preempted += o.preempted;
+    }
+}
+
+/// All datagrams read, and those that answer no outstanding request (the
+/// report's `other_datagrams`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Others {
+    /// All datagrams read.
+    pub received: u64,
+    /// Second and later replies to one request.
+    pub duplicates: u64,
+    /// Origin matches no request (wrong origin, garbage, or a reply to a
+    /// request so old its slot was reused).
+    pub unmatched: u64,
+    /// Replies to requests already counted lost (after twice the timeout).
+    pub stale: u64,
+    /// From an address other than the target.
+    pub wrong_source: u64,
+    /// Shorter than an NTP header.
+    pub malformed: u64,
+}
+
+impl Others {
+    /// Adds another thread's counts.
+    pub fn merge(&mut self, o: &Others) {
+        self.received += o.received;
+        self.duplicates += o.duplicates;
+        self.unmatched += o.unmatched;
+        self.stale += o.stale;
+        self.wrong_source += o.wrong_source;
+        self.malformed += o.malformed;
     }
 }
 

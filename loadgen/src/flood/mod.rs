@@ -20,13 +20,17 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::batch::RecvBatch;
+use fastntp::sys::buffers::zeroed_slice;
+use fastntp::sys::cmsg::{self, ControlBuf};
+
+use crate::batch::{send_messages, RecvBatch, GSO_MAX_SEGMENTS};
 use crate::clients::{kernel_drops, ClientSocket};
-use crate::engine::{elapsed_ns, thread_usage, wait_until, GSO_MAX_SEGMENTS};
 use crate::junk::JunkClass;
 use crate::pacing::Schedule;
 use crate::poller::Poller;
+use crate::send_loop::{self, PacedSender, Round};
 use crate::signals::Interrupt;
+use crate::timing::{elapsed_ns, nanos};
 
 /// Most datagrams per send call.
 pub const CALL_MAX: usize = 256;
@@ -44,10 +48,10 @@ pub const JUNK_RECV_BUFFER: usize = 1 << 20;
 /// Bytes kept of a reply to junk (only counted).
 const REPLY_SLOT: usize = 64;
 
-/// Control-message room for one `UDP_SEGMENT` (a u16), 8-byte aligned.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct SegmentControl([u8; 32]);
+/// Control-message room for one `UDP_SEGMENT` (a u16).
+const SEGMENT_CONTROL_LEN: usize = cmsg::space(std::mem::size_of::<u16>());
+/// The control buffer of one GSO message.
+type SegmentControl = ControlBuf<SEGMENT_CONTROL_LEN>;
 
 /// One class, ready to send: its bytes repeated for a GSO message.
 struct ClassBuf {
@@ -196,11 +200,6 @@ impl Flood {
         for (i, s) in sockets.iter().enumerate() {
             poller.add(s.fd(), i as u64)?;
         }
-        let zeroed = |n| -> Box<[libc::mmsghdr]> {
-            // SAFETY: all-zero bytes are a valid mmsghdr (null pointers,
-            // zero lengths).
-            (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
-        };
         Ok(Flood {
             drops_base: vec![0; sockets.len()],
             dealt_by_class: vec![0; cfg.classes.len()],
@@ -211,14 +210,12 @@ impl Flood {
                 .iter()
                 .map(|&c| ClassBuf::new(c, cfg.gso))
                 .collect(),
-            iov: (0..CALL_MAX)
-                .map(|_| libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                })
-                .collect(),
-            hdr: zeroed(CALL_MAX),
-            control: vec![SegmentControl([0; 32]); CALL_MAX].into_boxed_slice(),
+            // SAFETY: all-zero is a valid iovec (null pointer, length 0).
+            iov: unsafe { zeroed_slice(CALL_MAX) },
+            // SAFETY: all-zero is a valid mmsghdr (null pointers, zero
+            // lengths).
+            hdr: unsafe { zeroed_slice(CALL_MAX) },
+            control: vec![SegmentControl::default(); CALL_MAX].into_boxed_slice(),
             segs: vec![0; CALL_MAX].into_boxed_slice(),
             replies: RecvBatch::new(64),
             next_socket: 0,
@@ -240,68 +237,23 @@ impl Flood {
         for (base, s) in self.drops_base.iter_mut().zip(&self.sockets) {
             *base = kernel_drops(s.fd()).unwrap_or(0);
         }
-        let duration_ns = cmd.duration.as_nanos().min(u64::MAX as u128) as u64;
-        let sched = Schedule::with_tick(cmd.rate, duration_ns, CALL_MAX, TICK_NS);
-        wait_until(cmd.start);
-        let usage_before = thread_usage();
-        let mut done = 0u64;
-        loop {
-            if interrupt.stop_requested() {
-                self.r.interrupted = true;
-                break;
-            }
-            // Past the end everything is due: the tail goes out before the
-            // loop ends, however late this thread woke up.
-            let el = elapsed_ns(cmd.start);
-            let mut want = sched.to_send(done, el);
-            if want > 0 {
-                self.r.max_lag_ns = self.r.max_lag_ns.max(sched.lag(done, el));
-                for _ in 0..CATCH_UP_CALLS {
-                    if want == 0 {
-                        break;
-                    }
-                    let consumed = self.send_call(want.min(CALL_MAX as u64) as usize);
-                    if consumed == 0 {
-                        break;
-                    }
-                    done += consumed;
-                    want -= consumed;
-                }
-            }
-            if done >= sched.total() || el >= duration_ns {
-                break;
-            }
-            // Look for replies, and sleep until the next call is due.
-            let wait = match sched.next_release(done) {
-                Some(next) if want == 0 => next.saturating_sub(elapsed_ns(cmd.start)),
-                _ => 0,
-            };
-            self.poll(wait.min(duration_ns.saturating_sub(elapsed_ns(cmd.start))));
-        }
-        let send_end = Duration::from_nanos(elapsed_ns(cmd.start));
-        let usage_after = thread_usage();
-        self.r.cpu_ns = usage_after.cpu_ns.saturating_sub(usage_before.cpu_ns);
-        self.r.preempted = usage_after.preempted.saturating_sub(usage_before.preempted);
-        self.r.scheduled = if self.r.interrupted {
-            sched.due_by(send_end.as_nanos() as u64)
-        } else {
-            sched.total()
-        };
-        self.r.send_window = if self.r.interrupted {
-            send_end
-        } else {
-            cmd.duration
-        };
+        let sched = Schedule::with_tick(cmd.rate, nanos(cmd.duration), CALL_MAX, TICK_NS);
+        let sent = send_loop::run(
+            self,
+            &sched,
+            cmd.start,
+            cmd.duration,
+            CATCH_UP_CALLS,
+            interrupt,
+        );
+        self.r.interrupted = sent.interrupted;
+        self.r.max_lag_ns = sent.max_lag_ns;
+        self.r.cpu_ns = sent.cpu_ns;
+        self.r.preempted = sent.preempted;
+        self.r.scheduled = sent.scheduled;
+        self.r.send_window = sent.send_window;
         // Replies to the last datagrams may still be on their way.
-        let linger_end = Instant::now() + self.linger;
-        while !interrupt.hurry() {
-            let now = Instant::now();
-            if now >= linger_end {
-                break;
-            }
-            self.poll((linger_end - now).as_nanos().min(20_000_000) as u64);
-        }
-        self.poll(0);
+        send_loop::linger(self, nanos(self.linger), interrupt);
         for (base, s) in self.drops_base.iter().zip(&self.sockets) {
             let now = kernel_drops(s.fd()).unwrap_or(*base);
             self.r.replies += now.wrapping_sub(*base) as u64;
@@ -312,12 +264,15 @@ impl Flood {
     /// One `sendmmsg` of `k` datagrams of the class furthest behind on the
     /// next socket; returns how many datagrams of the schedule are dealt
     /// with (0: retry later).
-    fn send_call(&mut self, k: usize) -> u64 {
+    fn send_class(&mut self, k: usize) -> u64 {
         let ci = self.next_class();
         let s = self.next_socket;
         let fd = self.sockets[s].fd();
         let messages = self.build(ci, k);
-        let result = send_messages(fd, &mut self.hdr[..messages]);
+        // SAFETY: `build` pointed every header at an iovec and (for GSO) a
+        // control buffer owned by the flood, and the iovecs at its class
+        // buffers; nothing of it moves during the call.
+        let result = unsafe { send_messages(fd, &mut self.hdr[..messages]) };
         match result {
             Ok(sent_msgs) => {
                 let sent: usize = self.segs[..sent_msgs].iter().sum();
@@ -438,195 +393,45 @@ impl Flood {
     }
 }
 
-/// `sendmmsg` on connected `fd`; the number of messages sent, or the error
-/// if none was.
-fn send_messages(fd: RawFd, hdr: &mut [libc::mmsghdr]) -> std::io::Result<usize> {
-    loop {
-        // SAFETY: every header points at an iovec and (for GSO) a control
-        // buffer owned by the flood, and the iovecs at its class buffers,
-        // all alive and unmoved during the call; the socket is connected,
-        // so no names are needed.
-        let rc =
-            unsafe { libc::sendmmsg(fd, hdr.as_mut_ptr(), hdr.len() as u32, libc::MSG_DONTWAIT) };
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+impl PacedSender for Flood {
+    fn send_call(&mut self, due: u64) -> u64 {
+        self.send_class(due.min(CALL_MAX as u64) as usize)
+    }
+
+    /// Reads what came back and, with nothing left due, sleeps until the
+    /// next call is due (never past the end of sending).
+    fn between_rounds(&mut self, round: &Round<'_>) {
+        let wait = match round.sched.next_release(round.done) {
+            Some(next) if round.left == 0 => next.saturating_sub(elapsed_ns(round.start)),
+            _ => 0,
+        };
+        self.poll(wait.min(round.duration_ns.saturating_sub(elapsed_ns(round.start))));
+    }
+
+    fn await_replies(&mut self, timeout_ns: u64) {
+        self.poll(timeout_ns);
     }
 }
 
 /// Writes a `UDP_SEGMENT` control message of segment size `size` into
-/// `out`; returns its length.
+/// `out`; returns its length (all of `out`).
 fn write_segment_control(out: &mut SegmentControl, size: u16) -> usize {
-    let data = std::mem::size_of::<u16>() as u32;
-    // SAFETY: CMSG_SPACE / CMSG_LEN are pure arithmetic.
-    let (space, len) = unsafe {
-        (
-            libc::CMSG_SPACE(data) as usize,
-            libc::CMSG_LEN(data) as usize,
-        )
-    };
+    let data = std::mem::size_of::<u16>();
+    // CMSG_LEN(0): the header, aligned; the data follows it.
+    let hlen = cmsg::space(0);
     let header = libc::cmsghdr {
-        cmsg_len: len as _,
+        cmsg_len: (hlen + data) as _,
         cmsg_level: libc::SOL_UDP,
         cmsg_type: libc::UDP_SEGMENT,
     };
-    let hlen = std::mem::size_of::<libc::cmsghdr>();
-    debug_assert!(space <= out.0.len() && hlen + 2 <= len);
-    // SAFETY: `out` is 8-byte aligned and at least `space` bytes long, so
-    // the header fits at its start; cmsghdr is plain old data.
+    // SAFETY: `out` is aligned as a cmsghdr and longer than one, so the
+    // header fits at its start; cmsghdr is plain old data.
     unsafe {
         std::ptr::write(out.0.as_mut_ptr().cast::<libc::cmsghdr>(), header);
     }
-    out.0[hlen..hlen + 2].copy_from_slice(&size.to_ne_bytes());
-    space
+    out.0[hlen..hlen + data].copy_from_slice(&size.to_ne_bytes());
+    SEGMENT_CONTROL_LEN
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clients::open_plain;
-    use crate::junk::JunkClass;
-    use std::net::UdpSocket;
-
-    /// Reads everything `sink` receives within `for_` (it stops early once
-    /// `want` datagrams came): datagram lengths in arrival order.
-    fn drain(sink: &UdpSocket, want: usize, for_: Duration) -> Vec<usize> {
-        sink.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let deadline = Instant::now() + for_;
-        let mut lens = Vec::new();
-        let mut buf = [0u8; 2048];
-        while lens.len() < want && Instant::now() < deadline {
-            if let Ok(n) = sink.recv(&mut buf) {
-                lens.push(n);
-            }
-        }
-        lens
-    }
-
-    /// Room in `sink`'s queue for everything a test sends, whatever else
-    /// the host is doing (forced when root, else up to `rmem_max`).
-    fn deepen(sink: &UdpSocket) {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(sink);
-        let set = |opt| fastntp::sys::socket::setsockopt_int(fd, libc::SOL_SOCKET, opt, 32 << 20);
-        if set(libc::SO_RCVBUFFORCE).is_err() {
-            let _ = set(libc::SO_RCVBUF);
-        }
-    }
-
-    fn flood_to(sink: &UdpSocket, classes: Vec<JunkClass>, gso: bool) -> Flood {
-        deepen(sink);
-        let target = sink.local_addr().unwrap();
-        let sockets = open_plain(target, 2, JUNK_RECV_BUFFER).unwrap();
-        let cfg = FloodConfig {
-            target,
-            classes,
-            gso,
-            linger: Duration::from_millis(10),
-        };
-        Flood::new(&cfg, sockets).unwrap()
-    }
-
-    #[test]
-    fn a_call_sends_each_class_as_separate_datagrams_with_and_without_gso() {
-        for gso in [true, false] {
-            let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let classes = vec![JunkClass::Oversize, JunkClass::Empty, JunkClass::Short];
-            let mut f = flood_to(&sink, classes, gso);
-            f.r.sent_by_class = vec![0; 3];
-            for k in [100, 7, 30] {
-                assert_eq!(f.send_call(k), k as u64, "gso {gso}");
-            }
-            let lens = drain(&sink, 137, Duration::from_secs(5));
-            let mut want = vec![1400; 100];
-            want.extend([0; 7]);
-            want.extend([47; 30]);
-            assert_eq!(lens, want, "gso {gso}");
-            assert_eq!(f.r.sent, 137);
-            // Messages: 100 oversize in 3 GSO messages (46 per 64,400 B)
-            // plus 7 + 30; without GSO one per datagram.
-            assert_eq!(f.r.messages, if gso { 3 + 7 + 1 } else { 137 });
-            assert_eq!(f.r.sent_by_class, vec![100, 7, 30]);
-            // GSO: 100 oversize datagrams in 3 messages (46 per 64,400 B).
-            assert_eq!(f.classes[0].per_message, if gso { 46 } else { 1 });
-            assert_eq!(f.classes[1].per_message, 1, "empty datagrams never GSO");
-        }
-    }
-
-    #[test]
-    fn classes_keep_equal_shares_when_calls_are_uneven() {
-        // A late thread catches up with full calls between small ones; a
-        // call-by-call rotation would hand every full call to one class.
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let classes = vec![JunkClass::Empty, JunkClass::Short, JunkClass::Mode(6)];
-        let mut f = flood_to(&sink, classes, true);
-        f.r.sent_by_class = vec![0; 3];
-        let mut total = 0;
-        for k in [CALL_MAX, 1, 1].repeat(10) {
-            total += f.send_call(k) as usize;
-            let s = &f.r.sent_by_class;
-            let spread = s.iter().max().unwrap() - s.iter().min().unwrap();
-            assert!(spread <= CALL_MAX as u64, "{s:?}");
-        }
-        let s = &f.r.sent_by_class;
-        assert_eq!(s.iter().sum::<u64>() as usize, total);
-        assert!(s.iter().all(|&n| n >= 2 * CALL_MAX as u64), "{s:?}");
-        assert_eq!(drain(&sink, total, Duration::from_secs(5)).len(), total);
-    }
-
-    #[test]
-    fn a_flood_that_wakes_after_the_end_still_sends_its_tail() {
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut f = flood_to(&sink, vec![JunkClass::Empty], true);
-        let cmd = FloodCmd {
-            rate: 10_000.0,
-            duration: Duration::from_millis(50),
-            start: Instant::now() - Duration::from_millis(80),
-        };
-        let r = f.run_step(&cmd, &Interrupt::default());
-        assert_eq!((r.sent, r.scheduled), (500, 500), "{r:?}");
-        assert_eq!(drain(&sink, 500, Duration::from_secs(5)), vec![0; 500]);
-    }
-
-    #[test]
-    fn a_step_is_paced_and_counts_replies() {
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut f = flood_to(&sink, vec![JunkClass::Mode(6)], true);
-        // The "server" answers one datagram per junk socket.
-        let interrupt = Interrupt::default();
-        let cmd = FloodCmd {
-            rate: 20_000.0,
-            duration: Duration::from_millis(300),
-            start: Instant::now() + Duration::from_millis(5),
-        };
-        let answer = std::thread::spawn({
-            let sink = sink.try_clone().unwrap();
-            move || {
-                let mut seen = std::collections::HashSet::new();
-                let mut buf = [0u8; 64];
-                sink.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
-                let mut got = 0;
-                while let Ok((_, from)) = sink.recv_from(&mut buf) {
-                    got += 1;
-                    if seen.insert(from) {
-                        sink.send_to(b"reply", from).unwrap();
-                    }
-                }
-                got
-            }
-        });
-        let r = f.run_step(&cmd, &interrupt);
-        let got = answer.join().unwrap();
-        assert_eq!(r.sent, 6_000, "{r:?}");
-        assert_eq!(r.scheduled, 6_000);
-        assert_eq!(got, 6_000);
-        assert_eq!(r.replies, 2, "{r:?}");
-        assert_eq!(r.reply_bytes, 10);
-        assert!(r.calls >= 6_000 / CALL_MAX as u64, "{r:?}");
-    }
-}
+mod tests;

@@ -4,29 +4,30 @@
 //! rate and a common start time, read the kernel's UDP counters before and
 //! after, drive the progress bar, and merge what the threads measured into
 //! a [`StepReport`]. A sweep asks [`Sweep`] for the next rate. With
-//! `--junk` one more thread, the [`Flood`], gets the same start and
+//! `--junk` one more thread, the [`Flood`](crate::flood::Flood), gets the same start and
 //! duration for each step and its own sockets.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+mod describe;
+mod threads;
 
-use fastntp::sys::cpu::pin_current_thread;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::args::{Mode, Plan};
 use crate::clients::{self, BufferInfo, ClientSetup, ClientSocket};
-use crate::engine::{tighten_timer_slack, Engine, EngineConfig, Live, StepCmd, ThreadResult};
+use crate::engine::{EngineConfig, StepCmd, ThreadResult};
 use crate::error::{Error, RunError};
-use crate::flood::{Flood, FloodCmd, FloodConfig, FloodResult, JUNK_RECV_BUFFER};
+use crate::flood::{FloodCmd, FloodConfig, FloodResult, JUNK_RECV_BUFFER};
 use crate::kernel;
 use crate::matching;
-use crate::pacing::Schedule;
 use crate::progress::Progress;
-use crate::report::{ConfigReport, JunkReport, RunReport, StepInput, StepReport, SweepSummary};
+use crate::report::{JunkReport, RunReport, StepInput, StepReport, SweepSummary};
 use crate::signals::Interrupt;
 use crate::stats::{Counters, Histograms};
 use crate::sweep::{Phase, Sweep};
+
+use threads::{spawn_flood, spawn_worker, FloodWorker, Msg, Worker};
 
 /// How long the kernel may take to switch timestamping on (the first
 /// datagrams after enabling it can come without a stamp).
@@ -35,32 +36,6 @@ const TIMESTAMPING_SETTLE: Duration = Duration::from_millis(50);
 const START_LEAD: Duration = Duration::from_millis(20);
 /// Progress refresh period.
 const PROGRESS_TICK: Duration = Duration::from_millis(100);
-
-enum Msg {
-    Ready {
-        result: std::io::Result<(bool, &'static str)>,
-    },
-    Done {
-        thread: usize,
-        result: Box<ThreadResult>,
-    },
-    FloodReady(std::io::Result<()>),
-    FloodDone(Box<FloodResult>),
-}
-
-/// The junk flood's thread.
-struct FloodWorker {
-    cmd: Sender<Option<FloodCmd>>,
-    join: Option<JoinHandle<()>>,
-    core: Option<usize>,
-}
-
-struct Worker {
-    cmd: Sender<Option<StepCmd>>,
-    live: Arc<Live>,
-    join: Option<JoinHandle<()>>,
-    core: Option<usize>,
-}
 
 /// A plan with its threads started.
 pub struct Runner {
@@ -117,25 +92,14 @@ impl Runner {
         let (tx, results) = mpsc::channel();
         let mut workers = Vec::with_capacity(plan.threads);
         for (thread, sockets) in shares.into_iter().enumerate() {
-            let core = core_of(thread);
-            let (cmd, cmds) = mpsc::channel::<Option<StepCmd>>();
-            let live = Arc::new(Live::default());
-            let (cfg, tx, live2, interrupt) = (
+            workers.push(spawn_worker(
+                thread,
+                core_of(thread),
                 cfg.clone(),
+                sockets,
                 tx.clone(),
-                Arc::clone(&live),
                 Arc::clone(&interrupt),
-            );
-            let join = std::thread::Builder::new()
-                .name(format!("loadgen-{thread}"))
-                .spawn(move || thread_main(thread, core, cfg, sockets, live2, cmds, tx, interrupt))
-                .map_err(RunError::Spawn)?;
-            workers.push(Worker {
-                cmd,
-                live,
-                join: Some(join),
-                core,
-            });
+            )?);
         }
         let mut fine_timeouts = true;
         let mut wait_method = "ppoll";
@@ -172,12 +136,8 @@ impl Runner {
                     gso: plan.gso,
                     linger: plan.timeout,
                 };
-                let (cmd, cmds) = mpsc::channel::<Option<FloodCmd>>();
-                let (tx, interrupt) = (tx.clone(), Arc::clone(&interrupt));
-                let join = std::thread::Builder::new()
-                    .name("loadgen-junk".to_owned())
-                    .spawn(move || flood_main(flood_core, cfg, sockets, cmds, tx, interrupt))
-                    .map_err(RunError::Spawn)?;
+                let flood =
+                    spawn_flood(flood_core, cfg, sockets, tx.clone(), Arc::clone(&interrupt))?;
                 match results.recv() {
                     Ok(Msg::FloodReady(Ok(()))) => {}
                     Ok(Msg::FloodReady(Err(source))) => {
@@ -189,11 +149,7 @@ impl Runner {
                     }
                     _ => return Err(RunError::FloodDied.into()),
                 }
-                Some(FloodWorker {
-                    cmd,
-                    join: Some(join),
-                    core: flood_core,
-                })
+                Some(flood)
             }
             None => None,
         };
@@ -258,109 +214,6 @@ impl Runner {
         };
         self.stop()?;
         Ok(report)
-    }
-
-    fn report(
-        &self,
-        steps: Vec<StepReport>,
-        sweep: Option<SweepSummary>,
-        interrupted: bool,
-    ) -> RunReport {
-        let p = &self.plan;
-        let (rate, start, factor, max, threshold, refine) = match &p.mode {
-            Mode::Fixed { rate } => (Some(*rate), None, None, None, None, None),
-            Mode::Sweep(s) => (
-                None,
-                Some(s.start),
-                Some(s.factor),
-                Some(s.max),
-                Some(s.loss_threshold_pct),
-                Some(s.refine),
-            ),
-        };
-        let source_addresses = p
-            .sources
-            .as_ref()
-            .map_or(1, |r| r.host_count().min(p.clients as u128) as u64);
-        let t1_source = if p.precise_tx {
-            "kernel TX software timestamp from the socket error queue (SO_TIMESTAMPING, OPT_ID); \
-             a CLOCK_REALTIME read just before the send call where none came (counted below)"
-                .to_owned()
-        } else {
-            let batch = match &p.mode {
-                Mode::Fixed { rate } => format!(
-                    "≈{} at this rate",
-                    Schedule::new(rate / p.threads as f64, 1_000_000_000, p.max_batch).batch()
-                ),
-                Mode::Sweep(_) => format!("sized to each rate, up to {}", p.max_batch),
-            };
-            format!(
-                "CLOCK_REALTIME read just before each send call, shared by the requests of \
-                 its batch ({batch}); --precise-tx uses kernel TX timestamps"
-            )
-        };
-        RunReport {
-            tool: "ntp-loadgen",
-            version: env!("CARGO_PKG_VERSION"),
-            target: p.target_text.clone(),
-            target_addr: p.target.to_string(),
-            local_target: self.local_target,
-            config: ConfigReport {
-                mode: if sweep.is_some() || matches!(p.mode, Mode::Sweep(_)) {
-                    "sweep"
-                } else {
-                    "fixed"
-                },
-                rate,
-                start_rate: start,
-                step_factor: factor,
-                max_rate: max,
-                loss_threshold_pct: threshold,
-                refine,
-                duration_s: p.duration.as_secs_f64(),
-                threads: p.threads,
-                thread_cores: self.workers.iter().map(|w| w.core).collect(),
-                clients: p.clients,
-                source_range: p.sources.as_ref().map(|r| r.to_string()),
-                source_addresses,
-                timeout_s: p.timeout.as_secs_f64(),
-                precise_tx: p.precise_tx,
-                ntp_version: p.version,
-                max_batch: if self.buffers.gso {
-                    p.max_batch.min(crate::engine::GSO_MAX_SEGMENTS)
-                } else {
-                    p.max_batch
-                },
-                recv_buffer_bytes: self.buffers.recv_buffer,
-                send_buffer_bytes: self.buffers.send_buffer,
-                recv_buffer_forced: self.buffers.forced,
-                send_method: if self.buffers.gso {
-                    "udp-gso"
-                } else {
-                    "sendmmsg"
-                },
-                fine_timeouts: self.fine_timeouts,
-                wait_method: self.wait_method,
-                accept_unsynchronized: p.accept_unsynchronized,
-                junk_classes: p
-                    .junk
-                    .as_ref()
-                    .map(|j| j.classes.iter().map(|c| c.name()).collect()),
-                junk_rate: p.junk.as_ref().map(|j| j.rate),
-                junk_sockets: p.junk.as_ref().map(|j| j.sockets),
-                junk_duration_s: p.junk.as_ref().map(|j| j.duration.as_secs_f64()),
-                timeline_interval_s: p.timeline.map(|t| t.as_secs_f64()),
-                junk_core: self.flood.as_ref().and_then(|f| f.core),
-            },
-            t1_source,
-            t4_source: "kernel RX software timestamp (SO_TIMESTAMPING); a CLOCK_REALTIME read \
-                        after recvmmsg where none came (counted below)"
-                .to_owned(),
-            steps,
-            sweep,
-            junk: None,
-            interrupted,
-        }
     }
 
     /// Runs one step at `rate` requests per second (all threads together).
@@ -511,82 +364,5 @@ impl Runner {
 impl Drop for Runner {
     fn drop(&mut self) {
         let _ = self.stop();
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn thread_main(
-    thread: usize,
-    core: Option<usize>,
-    cfg: EngineConfig,
-    sockets: Vec<ClientSocket>,
-    live: Arc<Live>,
-    cmds: Receiver<Option<StepCmd>>,
-    tx: Sender<Msg>,
-    interrupt: Arc<Interrupt>,
-) {
-    if let Some(core) = core {
-        // Unpinned is still correct, only noisier; the report shows the
-        // core asked for, so say so on stderr.
-        if !pin_current_thread(core) {
-            eprintln!("ntp-loadgen: warning: thread {thread} cannot be pinned to core {core}");
-        }
-    }
-    tighten_timer_slack();
-    let mut engine = match Engine::new(&cfg, sockets, live) {
-        Ok(e) => {
-            let _ = tx.send(Msg::Ready {
-                result: Ok((e.fine_timeouts(), e.wait_method())),
-            });
-            e
-        }
-        Err(e) => {
-            let _ = tx.send(Msg::Ready { result: Err(e) });
-            return;
-        }
-    };
-    while let Ok(Some(cmd)) = cmds.recv() {
-        let result = engine.run_step(&cmd, &interrupt);
-        if tx
-            .send(Msg::Done {
-                thread,
-                result: Box::new(result),
-            })
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-fn flood_main(
-    core: Option<usize>,
-    cfg: FloodConfig,
-    sockets: Vec<ClientSocket>,
-    cmds: Receiver<Option<FloodCmd>>,
-    tx: Sender<Msg>,
-    interrupt: Arc<Interrupt>,
-) {
-    if let Some(core) = core {
-        if !pin_current_thread(core) {
-            eprintln!("ntp-loadgen: warning: the junk thread cannot be pinned to core {core}");
-        }
-    }
-    tighten_timer_slack();
-    let mut flood = match Flood::new(&cfg, sockets) {
-        Ok(f) => {
-            let _ = tx.send(Msg::FloodReady(Ok(())));
-            f
-        }
-        Err(e) => {
-            let _ = tx.send(Msg::FloodReady(Err(e)));
-            return;
-        }
-    };
-    while let Ok(Some(cmd)) = cmds.recv() {
-        let result = flood.run_step(&cmd, &interrupt);
-        if tx.send(Msg::FloodDone(Box::new(result))).is_err() {
-            return;
-        }
     }
 }
