@@ -12,22 +12,31 @@ use std::time::Duration;
 use common::{
     free_udp_port, good_reply, read_json, run_loadgen, text, Action, FakeServer, TempDir,
 };
+use testkit::{ntp_now, Reply};
 
 /// A reply like ntpd-rs 1.9's without a source: LI 3 at its local stratum.
 fn unsynchronized_reply(req: &[u8]) -> Vec<u8> {
-    let mut r = good_reply(req);
-    r[0] |= 3 << 6;
-    r[1] = 10;
-    r[12..16].copy_from_slice(b"XNON");
-    r
+    Reply {
+        leap: 3,
+        stratum: 10,
+        refid: *b"XNON",
+        ..Reply::answering(req, ntp_now())
+    }
+    .to_vec()
 }
 
 /// fastntpd's unsynchronized reply: LI 3, stratum 0, refid INIT.
 fn init_reply(req: &[u8]) -> Vec<u8> {
-    let mut r = unsynchronized_reply(req);
-    r[1] = 0;
-    r[12..16].copy_from_slice(b"INIT");
-    r
+    unsynchronized_kiss(req, *b"INIT")
+}
+
+/// LI 3 and kiss code `code` (stratum 0).
+fn unsynchronized_kiss(req: &[u8], code: [u8; 4]) -> Vec<u8> {
+    Reply {
+        leap: 3,
+        ..Reply::answering(req, ntp_now()).kiss(code)
+    }
+    .to_vec()
 }
 
 #[test]
@@ -214,9 +223,8 @@ fn unsynchronized_replies_fail_the_run_unless_accepted_and_then_are_counted_apar
 fn accepting_unsynchronized_replies_keeps_kiss_o_death_refusals_apart() {
     let server = FakeServer::start(
         Box::new(|_, req| {
-            let mut r = init_reply(req);
-            r[12..16].copy_from_slice(b"RATE");
-            ("kod", Action::Reply(r, Duration::ZERO))
+            let kod = unsynchronized_kiss(req, *b"RATE");
+            ("kod", Action::Reply(kod, Duration::ZERO))
         }),
         Duration::from_secs(30),
     );
