@@ -18,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about, long_about = None)]
 struct Args {
     /// Run with this configuration file (without it: built-in defaults,
-    /// listening on 0.0.0.0:123 and [::]:123).
+    /// listening on port 123 of 0.0.0.0 and ::).
     #[arg(long, value_name = "FILE", conflicts_with = "check_config")]
     config: Option<PathBuf>,
     /// Validate a configuration file and exit (0 = valid, 1 = invalid).

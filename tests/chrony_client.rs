@@ -11,37 +11,47 @@ use std::time::{Duration, Instant};
 
 use common::{client_for, client_request, exchange, require_tool, total, write_temp, Fastntpd};
 
-/// Runs `chronyd -Q` against `server` and returns everything it printed.
-fn chronyd_query(chronyd: &str, server: SocketAddr, timeout_s: u32) -> String {
-    let pidfile = write_temp("chronyd.pid", "");
-    let directive = format!(
-        "server {} port {} iburst maxsamples 4",
-        server.ip(),
-        server.port()
-    );
-    let script = format!(
-        "exec {chronyd} -Q -t {timeout_s} 'pidfile {}' 'cmdport 0' '{directive}'",
-        pidfile.display()
-    );
-    let mut cmd = match require_tool("capsh") {
-        Some(capsh) => {
-            let mut c = Command::new(capsh);
-            c.args(["--drop=cap_sys_time", "--", "-c", &script]);
-            c
-        }
-        None => {
-            let mut c = Command::new("sh");
-            c.args(["-c", &script]);
-            c
-        }
-    };
-    let out = cmd.stdin(Stdio::null()).output().expect("run chronyd -Q");
-    let _ = std::fs::remove_file(pidfile);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// chronyd in one-shot `-Q` mode, run under capsh without CAP_SYS_TIME.
+struct ChronydQuery {
+    chronyd: String,
+    capsh: String,
+}
+
+impl ChronydQuery {
+    /// Both tools, or `None` after "SKIPPED: …" (a failure in CI).
+    fn find() -> Option<ChronydQuery> {
+        Some(ChronydQuery {
+            chronyd: require_tool("chronyd")?,
+            capsh: require_tool("capsh")?,
+        })
+    }
+
+    /// Runs `chronyd -Q` against `server` and returns everything it
+    /// printed.
+    fn run(&self, server: SocketAddr, timeout_s: u32) -> String {
+        let pidfile = write_temp("chronyd.pid", "");
+        let directive = format!(
+            "server {} port {} iburst maxsamples 4",
+            server.ip(),
+            server.port()
+        );
+        let script = format!(
+            "exec {} -Q -t {timeout_s} 'pidfile {}' 'cmdport 0' '{directive}'",
+            self.chronyd,
+            pidfile.display()
+        );
+        let out = Command::new(&self.capsh)
+            .args(["--drop=cap_sys_time", "--", "-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run chronyd -Q");
+        let _ = std::fs::remove_file(pidfile);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
 }
 
 /// The offset from "System clock wrong by X seconds (ignored)".
@@ -57,7 +67,7 @@ fn reported_offset(output: &str) -> Option<f64> {
 
 #[test]
 fn quickstart_server_answers_within_a_second_and_chronyd_accepts_its_time() {
-    let Some(chronyd) = require_tool("chronyd") else {
+    let Some(chronyd) = ChronydQuery::find() else {
         return;
     };
     let config = std::fs::read_to_string(concat!(
@@ -81,7 +91,7 @@ fn quickstart_server_answers_within_a_second_and_chronyd_accepts_its_time() {
     assert!(answered, "no reply within 1 s of start");
 
     for addr in server.addrs.clone() {
-        let output = chronyd_query(&chronyd, addr, 20);
+        let output = chronyd.run(addr, 20);
         let offset = reported_offset(&output)
             .unwrap_or_else(|| panic!("chronyd did not accept {addr}:\n{output}"));
         assert!(
@@ -95,7 +105,7 @@ fn quickstart_server_answers_within_a_second_and_chronyd_accepts_its_time() {
 
 #[test]
 fn chronyd_refuses_an_unsynchronized_server() {
-    let Some(chronyd) = require_tool("chronyd") else {
+    let Some(chronyd) = ChronydQuery::find() else {
         return;
     };
     let server = Fastntpd::start(
@@ -105,7 +115,7 @@ fn chronyd_refuses_an_unsynchronized_server() {
         workers = 1
         "#,
     );
-    let output = chronyd_query(&chronyd, server.addrs[0], 5);
+    let output = chronyd.run(server.addrs[0], 5);
     assert_eq!(
         reported_offset(&output),
         None,

@@ -6,82 +6,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{client_for, client_request, exchange, require_tool, write_temp, Fastntpd};
+use common::{client_for, client_request, exchange, Chronyd, Fastntpd};
 use fastntp::proto::{Header, LeapIndicator, NtpTimestamp, RefId};
-
-/// chronyd as a loopback server, killed (by PID) when dropped.
-struct Chronyd {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Chronyd {
-    fn start(chronyd: &str, capsh: &str) -> Chronyd {
-        // A free port: bind, read it, release it for chronyd.
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("probe a free port")
-            .port();
-        let dir = write_temp("chronyd-dir", "");
-        std::fs::remove_file(&dir).unwrap();
-        std::fs::create_dir(&dir).unwrap();
-        let conf = dir.join("chrony.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbindaddress 127.0.0.1\ncmdport 0\nbindcmdaddress /\nlocal stratum 1\n\
-                 allow 127.0.0.0/8\nnoclientlog\npidfile {}\n",
-                dir.join("chronyd.pid").display()
-            ),
-        )
-        .unwrap();
-        let script = format!("exec {chronyd} -x -d -u root -f {}", conf.display());
-        let child = Command::new(capsh)
-            .args(["--drop=cap_sys_time", "--", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chronyd");
-        Chronyd { child, port, dir }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// Waits (bounded) until chronyd answers a client request.
-    fn wait_ready(&self) {
-        let sock = client_for(self.addr());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if exchange(&sock, self.addr(), &client_request(4, 42)).is_some() {
-                return;
-            }
-        }
-        panic!("chronyd on port {} never answered", self.port);
-    }
-}
-
-impl Chronyd {
-    /// Kills it (SIGKILL to its own PID) and waits for it to end.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Chronyd {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn now_ntp() -> NtpTimestamp {
     NtpTimestamp::from_unix(fastntp::clock::now())
@@ -89,20 +18,18 @@ fn now_ntp() -> NtpTimestamp {
 
 #[test]
 fn fastntpd_follows_chronyd_at_stratum_2_and_serves_the_system_time() {
-    let (Some(chronyd), Some(capsh)) = (require_tool("chronyd"), require_tool("capsh")) else {
+    let Some(upstream) = Chronyd::start(1) else {
         return;
     };
-    let upstream = Chronyd::start(&chronyd, &capsh);
-    upstream.wait_ready();
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[clock]\ndiscipline = \"software\"\n\
          [[upstream]]\naddress = \"{}\"\niburst = true\nmin-poll = -2\nmax-poll = 0\n",
-        upstream.addr()
+        upstream.addr
     );
     let mut server = Fastntpd::start(&config);
     let line = server.wait_for("synchronized to", Duration::from_secs(20));
     let took = server.spawned.elapsed();
-    assert!(line.contains(&upstream.addr().to_string()), "{line}");
+    assert!(line.contains(&upstream.addr.to_string()), "{line}");
     assert!(took < Duration::from_secs(20), "took {took:?}");
 
     // Let a few more samples in, then measure served time against the
@@ -154,19 +81,18 @@ fn served_header(server: SocketAddr) -> Option<Header> {
 
 #[test]
 fn a_dead_chronyd_upstream_is_unreachable_and_the_other_keeps_serving() {
-    let (Some(chronyd), Some(capsh)) = (require_tool("chronyd"), require_tool("capsh")) else {
+    let Some(mut upstreams) = (0..2)
+        .map(|_| Chronyd::start(1))
+        .collect::<Option<Vec<Chronyd>>>()
+    else {
         return;
     };
-    let mut upstreams: Vec<Chronyd> = (0..2).map(|_| Chronyd::start(&chronyd, &capsh)).collect();
-    for u in &upstreams {
-        u.wait_ready();
-    }
     let entries: String = upstreams
         .iter()
         .map(|u| {
             format!(
                 "[[upstream]]\naddress = \"{}\"\niburst = true\nmin-poll = -2\nmax-poll = 0\n",
-                u.addr()
+                u.addr
             )
         })
         .collect();
@@ -179,9 +105,9 @@ fn a_dead_chronyd_upstream_is_unreachable_and_the_other_keeps_serving() {
     // Kill the system peer: the harder case.
     let dead = upstreams
         .iter()
-        .position(|u| line.contains(&format!("synchronized to {} ", u.addr())))
+        .position(|u| line.contains(&format!("synchronized to {} ", u.addr)))
         .unwrap_or_else(|| panic!("synchronized to neither upstream: {line}"));
-    let dead_addr = upstreams[dead].addr();
+    let dead_addr = upstreams[dead].addr;
     let killed_at_line = server.log.len();
     upstreams[dead].kill();
     // Watch for longer than the dead one's last estimate could last, while

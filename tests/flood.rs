@@ -10,10 +10,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{in_ci, Fastntpd, Io};
+use common::{Fastntpd, Io};
 
 /// Junk offered per second.
 const FLOOD_RATE: &str = "150k";
@@ -48,25 +48,8 @@ const CLASSES: [&str; 20] = [
     "version-7",
 ];
 
-/// ntp-loadgen from this workspace's target directory (`cargo test
-/// --workspace` builds it), or `None` after saying why the test skips.
-fn loadgen() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    // target/<profile>/deps/<test> → target/<profile>/ntp-loadgen
-    let bin = exe.parent()?.parent()?.join("ntp-loadgen");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    assert!(!in_ci(), "ntp-loadgen not built at {}", bin.display());
-    eprintln!(
-        "SKIPPED: ntp-loadgen is not built at {} (cargo test --workspace builds it)",
-        bin.display()
-    );
-    None
-}
-
 /// One ntp-loadgen run against `target`; returns its JSON report.
-fn run(loadgen: &PathBuf, target: SocketAddr, extra: &[&str]) -> serde_json::Value {
+fn run(loadgen: &Path, target: SocketAddr, extra: &[&str]) -> serde_json::Value {
     let json = std::env::temp_dir().join(format!(
         "fastntp-flood-{}-{}.json",
         std::process::id(),
@@ -97,7 +80,8 @@ fn valid_pct(report: &serde_json::Value) -> f64 {
 }
 
 fn flood_every_class(io: Io) {
-    let Some(loadgen) = loadgen() else {
+    // From this workspace's build (`cargo test --workspace` builds it).
+    let Some(loadgen) = testkit::built_binary("ntp-loadgen") else {
         return;
     };
     let server = Fastntpd::start(&format!(

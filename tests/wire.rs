@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    client_for, client_request, exchange, recv_stamped, stamped_client_for, total, Fastntpd, Io,
+    client_for, client_request, exchange, recv_stamped, skip, stamped_client_for, total, Fastntpd,
+    Io,
 };
 use fastntp::proto::{Header, LeapIndicator, Mode, NtpTimestamp, RefId};
 
@@ -294,7 +295,10 @@ fn bad_input_is_dropped_counted_and_never_stops_service(io: Io) {
 fn two_workers_share_the_traffic_each_on_its_own_core(io: Io) {
     let cores = fastntp::sys::cpu::usable_cores();
     if cores.len() < 2 {
-        eprintln!("SKIPPED: needs 2 usable cores, have {}", cores.len());
+        skip(format!(
+            "it needs 2 usable cores, this host has {}",
+            cores.len()
+        ));
         return;
     }
     let server = start(

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    loadgen_bin, read_json, run_loadgen, send_signal, text, wait_output, FakeServer, TempDir,
+    loadgen_bin, output_within, read_json, run_loadgen, send_signal, text, FakeServer, TempDir,
 };
 
 fn expect_usage_error(args: &[&str], needle: &str) {
@@ -94,9 +94,9 @@ fn ctrl_c_stops_early_and_still_reports() {
     while Instant::now() - began < Duration::from_secs(1) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    send_signal(pid, libc::SIGINT);
+    send_signal(pid, libc::SIGINT).expect("SIGINT");
     let stopped = Instant::now();
-    let out = wait_output(child, Duration::from_secs(20));
+    let out = output_within(child, Duration::from_secs(20));
     let took = stopped.elapsed();
     let tally = server.stop();
     let (stdout, stderr) = text(&out);

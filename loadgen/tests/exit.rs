@@ -12,52 +12,74 @@ use std::time::Duration;
 use common::{
     free_udp_port, good_reply, read_json, run_loadgen, text, Action, FakeServer, TempDir,
 };
+use testkit::{ntp_now, Reply};
 
 /// A reply like ntpd-rs 1.9's without a source: LI 3 at its local stratum.
 fn unsynchronized_reply(req: &[u8]) -> Vec<u8> {
-    let mut r = good_reply(req);
-    r[0] |= 3 << 6;
-    r[1] = 10;
-    r[12..16].copy_from_slice(b"XNON");
-    r
+    Reply {
+        leap: 3,
+        stratum: 10,
+        refid: *b"XNON",
+        ..Reply::answering(req, ntp_now())
+    }
+    .to_vec()
 }
 
 /// fastntpd's unsynchronized reply: LI 3, stratum 0, refid INIT.
 fn init_reply(req: &[u8]) -> Vec<u8> {
-    let mut r = unsynchronized_reply(req);
-    r[1] = 0;
-    r[12..16].copy_from_slice(b"INIT");
-    r
+    unsynchronized_kiss(req, *b"INIT")
+}
+
+/// LI 3 and kiss code `code` (stratum 0).
+fn unsynchronized_kiss(req: &[u8], code: [u8; 4]) -> Vec<u8> {
+    Reply {
+        leap: 3,
+        ..Reply::answering(req, ntp_now()).kiss(code)
+    }
+    .to_vec()
+}
+
+/// What a run against a closed port printed and wrote.
+struct ClosedRun {
+    target: String,
+    stdout: String,
+    stderr: String,
+    json: serde_json::Value,
+}
+
+/// Runs ntp-loadgen with `args` against a closed loopback port (replies
+/// time out after 0.2 s; a JSON report) and checks that it exits 1.
+fn run_against_a_closed_port(args: &[&str]) -> ClosedRun {
+    let dir = TempDir::new("closed");
+    let json = dir.join("closed.json");
+    let target = format!("127.0.0.1:{}", free_udp_port());
+    let mut all = vec![target.as_str()];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--timeout", "0.2", "--json", json.to_str().unwrap()]);
+    let out = run_loadgen(&all, Duration::from_secs(30));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    ClosedRun {
+        json: read_json(&json),
+        target,
+        stdout,
+        stderr,
+    }
 }
 
 #[test]
 fn a_closed_port_exits_1_after_the_report_and_says_why() {
-    let dir = TempDir::new("closed");
-    let json = dir.join("closed.json");
-    let port = free_udp_port();
-    let target = format!("127.0.0.1:{port}");
-    let out = run_loadgen(
-        &[
-            &target,
-            "--rate",
-            "500",
-            "--duration",
-            "0.5",
-            "--timeout",
-            "0.2",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let ClosedRun {
+        target,
+        stdout,
+        stderr,
+        json: j,
+    } = run_against_a_closed_port(&["--rate", "500", "--duration", "0.5"]);
     // The report came first, and the JSON was written.
     assert!(
         stdout.contains("requests sent") && stdout.contains("result:"),
         "{stdout}"
     );
-    let j = read_json(&json);
     let sent = j["steps"][0]["requests"]["sent"].as_u64().unwrap();
     assert!(sent > 0);
     assert_eq!(j["steps"][0]["requests"]["lost"].as_u64(), Some(sent));
@@ -71,30 +93,18 @@ fn a_closed_port_exits_1_after_the_report_and_says_why() {
 
 #[test]
 fn a_sweep_without_a_valid_reply_exits_1_too() {
-    let dir = TempDir::new("closed-sweep");
-    let json = dir.join("sweep.json");
-    let target = format!("127.0.0.1:{}", free_udp_port());
-    let out = run_loadgen(
-        &[
-            &target,
-            "--sweep",
-            "--start-rate",
-            "200",
-            "--max-rate",
-            "400",
-            "--step-factor",
-            "2",
-            "--duration",
-            "0.3",
-            "--timeout",
-            "0.2",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let run = run_against_a_closed_port(&[
+        "--sweep",
+        "--start-rate",
+        "200",
+        "--max-rate",
+        "400",
+        "--step-factor",
+        "2",
+        "--duration",
+        "0.3",
+    ]);
+    let (target, stdout, stderr) = (&run.target, &run.stdout, &run.stderr);
     assert!(
         stdout.contains("max rate with ≥ 99 % valid replies: none"),
         "{stdout}"
@@ -103,7 +113,7 @@ fn a_sweep_without_a_valid_reply_exits_1_too() {
         stderr.starts_with(&format!("ntp-loadgen: no valid reply from {target}")),
         "{stderr}"
     );
-    assert!(read_json(&json)["sweep"]["stop_reason"].is_string());
+    assert!(run.json["sweep"]["stop_reason"].is_string());
 }
 
 #[test]
@@ -214,9 +224,8 @@ fn unsynchronized_replies_fail_the_run_unless_accepted_and_then_are_counted_apar
 fn accepting_unsynchronized_replies_keeps_kiss_o_death_refusals_apart() {
     let server = FakeServer::start(
         Box::new(|_, req| {
-            let mut r = init_reply(req);
-            r[12..16].copy_from_slice(b"RATE");
-            ("kod", Action::Reply(r, Duration::ZERO))
+            let kod = unsynchronized_kiss(req, *b"RATE");
+            ("kod", Action::Reply(kod, Duration::ZERO))
         }),
         Duration::from_secs(30),
     );

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{good_reply, read_json, run_loadgen, text, Action, FakeServer, TempDir};
+use common::{good, good_reply, read_json, run_loadgen, text, Action, FakeServer, TempDir};
 
 /// The timeout given to ntp-loadgen; late replies come after 1.4× it (and
 /// before twice it, when they would count as lost).
@@ -41,11 +41,7 @@ fn faulty(n: u64, req: &[u8]) -> (&'static str, Action) {
             Action::Reply(r, now)
         }
         "duplicate" => Action::ReplyTwice(r),
-        "kod_rate" => {
-            r[1] = 0;
-            r[12..16].copy_from_slice(b"RATE");
-            Action::Reply(r, now)
-        }
+        "kod_rate" => Action::Reply(good(req).kiss(*b"RATE").to_vec(), now),
         "silent_drop" => Action::Drop,
         "late" => Action::Reply(r, Duration::from_secs_f64(TIMEOUT_S * 1.4)),
         "wrong_version" => {

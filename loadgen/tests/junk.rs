@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{free_udp_port, read_json, run_loadgen, text, Fastntpd, Sink, TempDir};
+use common::{free_udp_port, local_fastntpd, read_json, run_loadgen, text, Sink, TempDir};
 use ntp_loadgen::junk;
 use serde_json::Value;
 
@@ -182,11 +182,11 @@ fn junk_to_a_closed_port_is_sent_and_counted() {
 
 #[test]
 fn fastntpd_answers_no_junk_and_still_serves() {
-    let Some(server) = Fastntpd::start(2) else {
+    let Some(server) = local_fastntpd(2) else {
         return;
     };
     let (code, stdout, stderr, j) = flood(
-        &server.addr.to_string(),
+        &server.addrs[0].to_string(),
         &[
             "--rate",
             "2000",

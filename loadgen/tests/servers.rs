@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{read_json, run_loadgen, text, Chronyd, Fastntpd, TempDir};
+use common::{local_fastntpd, read_json, run_loadgen, text, Chronyd, TempDir};
 use serde_json::Value;
 
 fn count(v: &Value) -> u64 {
@@ -62,7 +62,7 @@ fn check_step(step: &Value, stdout: &str) {
 
 #[test]
 fn chronyd_answers_nearly_every_request_validly() {
-    let Some(chronyd) = Chronyd::start() else {
+    let Some(chronyd) = Chronyd::start(10) else {
         return;
     };
     let (step, stdout) = load(&chronyd.addr.to_string(), &[]);
@@ -72,7 +72,7 @@ fn chronyd_answers_nearly_every_request_validly() {
 
 #[test]
 fn precise_tx_takes_t1_from_kernel_tx_stamps() {
-    let Some(chronyd) = Chronyd::start() else {
+    let Some(chronyd) = Chronyd::start(10) else {
         return;
     };
     let (step, stdout) = load(&chronyd.addr.to_string(), &["--precise-tx"]);
@@ -94,14 +94,14 @@ fn precise_tx_takes_t1_from_kernel_tx_stamps() {
 
 #[test]
 fn a_sweep_against_fastntpd_completes_and_reports_a_maximum() {
-    let Some(server) = Fastntpd::start(1) else {
+    let Some(server) = local_fastntpd(1) else {
         return;
     };
     let dir = TempDir::new("sweep");
     let json = dir.join("sweep.json");
     let out = run_loadgen(
         &[
-            &server.addr.to_string(),
+            &server.addrs[0].to_string(),
             "--sweep",
             "--start-rate",
             "1000",

@@ -25,6 +25,11 @@ fn source_range_spreads_4096_clients_over_4096_loopback_addresses() {
             "10000",
             "--duration",
             "1",
+            // One request per send call, each on the next client's socket:
+            // a thread that catches up after a stall still spreads its
+            // requests over every client instead of bunching them on a few.
+            "--max-batch",
+            "1",
             // A starved server thread answers late, not never.
             "--timeout",
             "5",

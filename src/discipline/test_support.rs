@@ -3,7 +3,9 @@
 //! stratum-1 upstream.
 
 use super::engine::{ClockMode, EngineParams};
-use crate::proto::{Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, RefId};
+use testkit::packet::{short_from_secs, Reply};
+
+use crate::proto::{Header, NtpTimestamp};
 
 /// The engine parameters of the `[clock]` defaults in `mode` (step at
 /// 128 ms, refuse beyond 1000 s except at first, no local stratum), for a
@@ -21,29 +23,22 @@ pub(crate) fn engine_params(mode: ClockMode) -> EngineParams {
     }
 }
 
-/// A stratum-1 (GPS) server's reply to `request`, received at `receive`
-/// and sent 10 µs later, changed by `edit` before encoding.
+/// A stratum-1 (GPS) server's reply to `request` (the one reply builder
+/// of both test suites, `testkit`'s), received at `receive` and sent 10 µs
+/// later, changed by `edit` before encoding.
 pub(crate) fn primary_reply(
     request: &[u8; 48],
     receive: NtpTimestamp,
     edit: impl FnOnce(&mut Header),
 ) -> [u8; 48] {
-    let req = Header::parse(request).expect("request parses");
-    let mut h = Header {
-        leap: LeapIndicator::NoWarning,
-        version: 4,
-        mode: Mode::Server.to_bits(),
-        stratum: 1,
-        poll: req.poll,
-        precision: -20,
-        root_delay: NtpShort::ZERO,
-        root_dispersion: NtpShort::from_secs_f64(0.0001),
-        reference_id: RefId(*b"GPS\0"),
-        reference_ts: receive.add_secs(-10.0),
-        origin_ts: req.transmit_ts,
-        receive_ts: receive,
-        transmit_ts: receive.add_secs(0.00001),
-    };
+    let wire = Reply {
+        root_dispersion: short_from_secs(0.0001),
+        reference: receive.add_secs(-10.0).to_bits(),
+        transmit: receive.add_secs(0.00001).to_bits(),
+        ..Reply::answering(request, receive.to_bits())
+    }
+    .bytes();
+    let mut h = Header::parse(&wire).expect("a built reply parses");
     edit(&mut h);
     let mut out = [0u8; 48];
     h.write(&mut out);

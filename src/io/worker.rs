@@ -3,7 +3,7 @@
 //! [`Worker::serve_batch`] as a [`Batch`]. For each batch the worker takes
 //! the current [`ServerState`] from the snapshot; for each datagram it picks
 //! the receive time, drops it if it waited too long ([`QueueBound`]), runs
-//! [`proto::respond`] and counts the outcome; then it cuts the kept replies
+//! [`proto::respond()`] and counts the outcome; then it cuts the kept replies
 //! into chunks, has the batch switch transmit stamps on for a probed chunk
 //! now and then, stamps each chunk with its predicted departures
 //! ([`TxSchedule`]) right before the batch sends it, learns from the

@@ -4,20 +4,20 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use fastntp::proto::{Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, RefId};
+use fastntp::proto::{Header, Mode, NtpTimestamp};
+use testkit::packet::{short_from_secs, Reply};
+use testkit::Background;
 
 /// A running fake upstream.
 pub struct FakeUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     requests: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Background<()>,
 }
 
 impl FakeUpstream {
@@ -28,20 +28,19 @@ impl FakeUpstream {
 
     /// A server that answers every request with kiss code `code`.
     pub fn kiss(code: [u8; 4]) -> FakeUpstream {
-        Self::spawn(0.0, Some(RefId(code)))
+        Self::spawn(0.0, Some(code))
     }
 
-    fn spawn(ahead: f64, kiss: Option<RefId>) -> FakeUpstream {
+    fn spawn(ahead: f64, kiss: Option<[u8; 4]>) -> FakeUpstream {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind fake upstream");
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         let addr = socket.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (requests, stop) = (Arc::clone(&requests), Arc::clone(&stop));
-            std::thread::spawn(move || {
+            let requests = Arc::clone(&requests);
+            Background::spawn(move |stop| {
                 let mut buf = [0u8; 1024];
                 while !stop.load(Ordering::Relaxed) {
                     let Ok((n, from)) = socket.recv_from(&mut buf) else {
@@ -55,52 +54,31 @@ impl FakeUpstream {
                         continue;
                     }
                     requests.fetch_add(1, Ordering::Relaxed);
-                    let mut h = Header {
-                        leap: LeapIndicator::NoWarning,
-                        version: req.version,
-                        mode: Mode::Server.to_bits(),
-                        stratum: 1,
-                        poll: req.poll,
-                        precision: -20,
-                        root_delay: NtpShort::ZERO,
-                        root_dispersion: NtpShort::from_secs_f64(0.0001),
-                        reference_id: RefId(*b"GPS\0"),
-                        reference_ts: rx.add_secs(-1.0),
-                        origin_ts: req.transmit_ts,
-                        receive_ts: rx,
-                        transmit_ts: rx,
+                    let mut reply = Reply {
+                        root_dispersion: short_from_secs(0.0001),
+                        reference: rx.add_secs(-1.0).to_bits(),
+                        ..Reply::answering(&buf[..n], rx.to_bits())
                     };
                     if let Some(code) = kiss {
-                        h.stratum = 0;
-                        h.reference_id = code;
+                        reply = reply.kiss(code);
                     }
-                    h.transmit_ts = NtpTimestamp::from_unix(fastntp::clock::now()).add_secs(ahead);
-                    let mut out = [0u8; 48];
-                    h.write(&mut out);
-                    let _ = socket.send_to(&out, from);
+                    reply.transmit = NtpTimestamp::from_unix(fastntp::clock::now())
+                        .add_secs(ahead)
+                        .to_bits();
+                    let _ = socket.send_to(&reply.bytes(), from);
                 }
             })
         };
         FakeUpstream {
             addr,
             requests,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         }
     }
 
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for FakeUpstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

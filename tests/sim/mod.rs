@@ -14,9 +14,8 @@ use fastntp::discipline::leapfile::LeapTable;
 use fastntp::discipline::source::{PollParams, SourceParams};
 use fastntp::discipline::status::{Status, SyncState, Tally};
 use fastntp::discipline::{engine_params, KernelSteering};
-use fastntp::proto::{
-    Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, RefId, ServerState, UnixTime,
-};
+use fastntp::proto::{LeapIndicator, NtpTimestamp, RefId, ServerState, UnixTime};
+use testkit::packet::{short_from_secs, Reply};
 
 /// Unix time where simulated true time starts by default
 /// (2027-01-15T08:00:00Z).
@@ -356,31 +355,22 @@ impl Sim {
             if u.down_at(t) || u.down_at(t + out) {
                 continue;
             }
-            let req = Header::parse(&r.packet).expect("request parses");
             let late = u.late_at(t + out);
             let t2 = self.epoch.add_secs(t + out + late + u.offset_at(t + out));
             let t3 = t2.add_secs(0.00001);
-            let mut h = Header {
-                leap: u.leap,
-                version: 4,
-                mode: Mode::Server.to_bits(),
+            let mut reply = Reply {
+                leap: u.leap.to_bits(),
                 stratum: u.stratum,
-                poll: req.poll,
                 precision: -24,
-                root_delay: NtpShort::ZERO,
-                root_dispersion: NtpShort::from_secs_f64(u.root_dispersion),
-                reference_id: RefId(*b"GPS\0"),
-                reference_ts: t2.add_secs(-10.0),
-                origin_ts: req.transmit_ts,
-                receive_ts: t2,
-                transmit_ts: t3,
+                root_dispersion: short_from_secs(u.root_dispersion),
+                reference: t2.add_secs(-10.0).to_bits(),
+                transmit: t3.to_bits(),
+                ..Reply::answering(&r.packet, t2.to_bits())
             };
             if let Some(code) = u.kiss {
-                h.stratum = 0;
-                h.reference_id = code;
+                reply = reply.kiss(code.0);
             }
-            let mut bytes = [0u8; 48];
-            h.write(&mut bytes);
+            let bytes = reply.bytes();
             self.flight.push(InFlight {
                 arrives: t + out + late + 0.00001 + back,
                 id: r.id,

@@ -19,8 +19,8 @@ use crate::junk::{self, JunkClass};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ntp-loadgen", version, about, long_about = None)]
 pub struct Cli {
-    /// The server: HOST, HOST:PORT, an IPv6 address or [IPV6]:PORT
-    /// (port 123 when none is given).
+    /// The server: HOST, HOST:PORT, an IPv6 address, or one in brackets
+    /// followed by :PORT (port 123 when none is given).
     pub target: String,
 
     /// Offered rate in requests per second (k and M suffixes allowed: 50k);

@@ -11,7 +11,7 @@ use super::buffers::{recv_template, BufRing};
 use super::{new_ring, Unavailable, BUFFER_GROUP, TAG_RECV};
 
 /// Checks that this kernel (and any seccomp policy around us) lets a worker
-/// do everything [`serve`] does: set up a single-issuer deferred-taskrun
+/// do everything [`super::serve`] does: set up a single-issuer deferred-taskrun
 /// ring, register a provided-buffer ring, and receive a datagram through a
 /// multishot `RecvMsg` on a UDP socket. Takes about a millisecond.
 pub fn probe() -> Result<(), Unavailable> {
