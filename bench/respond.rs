@@ -1,15 +1,19 @@
 //! Micro-benchmark of the protocol path: nanoseconds per datagram through
-//! `proto::respond` and `proto::stamp_transmit` (validate + parse + build
-//! the reply + stamp it), for the common
-//! request shapes. Each case runs `RUNS` times; the median, min and max of
-//! the per-run averages are printed.
+//! `proto::respond` and `proto::stamp_transmit` (access list + rate limit
+//! when configured, validate + parse + build the reply + stamp it), for the
+//! common request shapes, and with the protection of a public server (an
+//! access list of 10 000 prefixes, a rate limit over 200 000 clients). Each
+//! case runs `RUNS` times; the median, min and max of the per-run averages
+//! are printed.
 //!
 //! Run: `cargo bench --bench respond` (optionally `-- --quick`).
 
 use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use fastntp::clock;
+use fastntp::policy::{Access, AccessRules, Cidr, DenyAction, Policy, Protection, RateLimit};
 use fastntp::proto::{
     respond, stamp_transmit, Correction, LeapIndicator, NtpShort, NtpTimestamp, RefId, ServerState,
     UnixTime, Verdict, HEADER_LEN,
@@ -62,16 +66,89 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(name: &str, iterations: u32, req: &[u8], state: &ServerState, real_clock: bool) {
+/// Clients sending, in turn: one address, or many.
+const ONE_CLIENT: [IpAddr; 1] = [IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))];
+
+/// `n` distinct client addresses, half IPv4 and half IPv6, in a scattered
+/// order (so that the client table is read all over).
+fn clients(n: u32) -> Vec<IpAddr> {
+    (0..n)
+        .map(|i| {
+            let x = i.wrapping_mul(0x9e37_79b9);
+            if i % 2 == 0 {
+                IpAddr::V4(Ipv4Addr::from(x))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(u128::from(x) << 64 | 0x1))
+            }
+        })
+        .collect()
+}
+
+/// A public server's protection: 10 000 access prefixes (allow and deny,
+/// /16 to /28 and /32 to /64, none holding the bench's clients so every
+/// lookup walks the trie and falls to the default) and a rate limit that
+/// every client stays within (the full cost: lookup, update, reply).
+fn protected() -> Policy {
+    let mut rules = AccessRules {
+        default: Access::Allow,
+        ..AccessRules::default()
+    };
+    for i in 0..10_000u32 {
+        let x = i.wrapping_mul(0x85eb_ca6b) | 1;
+        let cidr = if i % 2 == 0 {
+            let v4 = IpAddr::V4(Ipv4Addr::from(x));
+            Cidr::new(fastntp::policy::cidr::to_bits(v4), 96 + 16 + (i % 13) as u8)
+        } else {
+            let v6 = IpAddr::V6(Ipv6Addr::from(u128::from(x) << 96 | 0x2001 << 112));
+            Cidr::new(fastntp::policy::cidr::to_bits(v6), 32 + (i % 33) as u8)
+        };
+        if i % 3 == 0 {
+            rules.deny.push(cidr);
+        } else {
+            rules.allow.push(cidr);
+        }
+    }
+    let limit = RateLimit {
+        interval_nanos: 1,
+        burst: 1_000_000,
+        leak: 2,
+        kod: true,
+        ipv4_prefix: 32,
+        ipv6_prefix: 64,
+        clients: 1 << 20,
+    };
+    Protection::new(&rules, DenyAction::Ignore, Some(limit)).for_worker(1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench(
+    name: &str,
+    iterations: u32,
+    req: &[u8],
+    state: &ServerState,
+    real_clock: bool,
+    policy: &mut Policy,
+    from: &[IpAddr],
+) {
     let rx = UnixTime::new(1_800_000_000, 5_000);
     let tx = UnixTime::new(1_800_000_000, 6_000);
     let mut out = [0u8; HEADER_LEN];
     let mut per_run = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let start = Instant::now();
+        let mut next = 0;
         for _ in 0..iterations {
-            let verdict = respond(black_box(req), black_box(rx), black_box(state), &mut out);
-            if verdict == Verdict::Reply {
+            let client = from[next];
+            next = if next + 1 == from.len() { 0 } else { next + 1 };
+            let verdict = respond(
+                black_box(req),
+                black_box(client),
+                black_box(rx),
+                black_box(state),
+                policy,
+                &mut out,
+            );
+            if matches!(verdict, Verdict::Reply | Verdict::Kod(_)) {
                 let transmit = if real_clock { clock::now() } else { tx };
                 stamp_transmit(&mut out, black_box(state), black_box(transmit));
             }
@@ -95,27 +172,51 @@ fn main() {
     let mut mode6 = request(&[]);
     mode6[0] = 0x26;
     println!("{:<44} {:>11}", "case", "median");
-    bench("v4 request, fixed tx time", n, &plain, &state(0.0), false);
+    let open = &mut Policy::default();
+    let fixed = state(0.0);
+    bench(
+        "v4 request, fixed tx time",
+        n,
+        &plain,
+        &fixed,
+        false,
+        open,
+        &ONE_CLIENT,
+    );
+    let freq = state(12.5e-6);
     bench(
         "v4 request, frequency correction",
         n,
         &plain,
-        &state(12.5e-6),
+        &freq,
         false,
+        open,
+        &ONE_CLIENT,
     );
+    let efs = "v4 request + 3 extension fields (180 B)";
+    bench(efs, n, &with_efs, &fixed, false, open, &ONE_CLIENT);
     bench(
-        "v4 request + 3 extension fields (180 B)",
+        "mode 6 (dropped)",
         n,
-        &with_efs,
-        &state(0.0),
+        &mode6,
+        &fixed,
         false,
+        open,
+        &ONE_CLIENT,
     );
-    bench("mode 6 (dropped)", n, &mode6, &state(0.0), false);
+    let vdso = "v4 request, tx from clock_gettime (vDSO)";
+    bench(vdso, n, &plain, &fixed, true, open, &ONE_CLIENT);
+    let many = clients(200_000);
     bench(
-        "v4 request, tx from clock_gettime (vDSO)",
+        "  same, 200k clients, no protection",
         n,
         &plain,
-        &state(0.0),
-        true,
+        &fixed,
+        false,
+        open,
+        &many,
     );
+    let mut guarded = protected();
+    let name = "  + 10k-prefix access list + rate limit";
+    bench(name, n, &plain, &fixed, false, &mut guarded, &many);
 }

@@ -9,10 +9,12 @@
 //! ```
 //!
 //! Dependencies point one way: binaries → [`server`] → [`io`] /
-//! [`discipline`] → [`sys`] / [`snapshot`] → [`proto`].
+//! [`discipline`] → [`sys`] / [`snapshot`] → [`proto`] → [`policy`].
 //!
 //! - [`proto`]: the sans-IO protocol core (time formats, packet codec, the
 //!   reply pipeline, [`proto::ServerState`]).
+//! - [`policy`]: who gets an answer, sans-IO: access lists and per-client
+//!   rate limits, asked by [`proto::respond`] at its steps.
 //! - [`snapshot`]: the single-writer lock-free cell that publishes the state.
 //! - [`io`]: listen sockets, counters, the worker and its two backends.
 //! - [`sys`]: what `io` and `discipline` share below them: control
@@ -31,6 +33,7 @@ pub mod config;
 pub mod discipline;
 pub mod files;
 pub mod io;
+pub mod policy;
 pub mod proto;
 pub mod server;
 pub mod snapshot;

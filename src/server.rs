@@ -168,6 +168,7 @@ impl Server {
         let prepared = discipline::prepare(config, precision)?;
         let (publisher, reader) = snapshot::new(&prepared.initial_state());
 
+        let protection = config.protection();
         let mut workers = Vec::with_capacity(count);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (id, sockets) in per_worker.into_iter().enumerate() {
@@ -178,6 +179,7 @@ impl Server {
                 timestamps,
                 Arc::clone(&counters),
                 QueueBound::new(queue_limit),
+                protection.for_worker(count),
             );
             worker.set_ready_signal(ready_tx.clone());
             let duplicates = sockets

@@ -193,6 +193,7 @@ fn a_leftover_transmit_timestamp_does_not_make_an_idle_worker_spin() {
                 true,
                 Arc::new(SharedCounters::default()),
                 QueueBound::new(DEFAULT_MAX_DELAY),
+                fastntp::policy::Policy::default(),
             );
             let before = thread_cpu();
             let started = Instant::now();

@@ -4,11 +4,15 @@
 //!
 //! One module per concern: [`error`] (reading, parsing and validation
 //! errors, placed at their line), [`server`] (`[server]`), [`clock`]
-//! (`[clock]`), [`upstream`] (`[[upstream]]`); this one holds the whole
-//! file, its loading and its validation in order.
+//! (`[clock]`), [`upstream`] (`[[upstream]]`), [`access`] (`[access]`),
+//! [`rate_limit`] (`[rate-limit]`); this one holds the whole file, its
+//! loading and its validation in order, and maps it to the types the
+//! sans-IO cores take ([`Config::protection`]).
 
+pub mod access;
 pub mod clock;
 pub mod error;
+pub mod rate_limit;
 pub mod server;
 pub mod upstream;
 
@@ -16,9 +20,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use access::{AccessConfig, AccessDefault, DenyActionConfig, Prefix};
 pub use clock::{ClockConfig, DisciplineMode, DEFAULT_PANIC_THRESHOLD, DEFAULT_STEP_THRESHOLD};
 pub use error::ConfigError;
 use error::{line_of, Invalid};
+pub use rate_limit::RateLimitConfig;
 pub use server::{
     IoBackend, ServerConfig, Timestamping, Workers, DEFAULT_MAX_QUEUE_DELAY, MAX_QUEUE_DELAY_RANGE,
     MAX_WORKERS,
@@ -46,6 +52,12 @@ pub struct Config {
     /// `[[upstream]]`: the servers and pools to synchronize to.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[access]`: which clients are served.
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// `[rate-limit]`: per-client rate limiting.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -60,6 +72,8 @@ impl Default for Config {
                 min_poll: DEFAULT_MIN_POLL,
                 max_poll: DEFAULT_MAX_POLL,
             }],
+            access: AccessConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -101,7 +115,17 @@ impl Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.server.validate()?;
         self.clock.validate(!self.upstreams.is_empty())?;
-        upstream::validate_upstreams(&self.upstreams)
+        upstream::validate_upstreams(&self.upstreams)?;
+        self.rate_limit.validate()
+    }
+
+    /// The access list and rate limit for the workers.
+    pub fn protection(&self) -> crate::policy::Protection {
+        crate::policy::Protection::new(
+            &self.access.rules(),
+            self.access.deny_action(),
+            self.rate_limit.limit(),
+        )
     }
 
     /// Things that are allowed but probably not meant, one message each
@@ -111,6 +135,11 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = upstream::upstream_warnings(&self.upstreams);
         out.extend(self.clock.warning());
+        out.extend(self.access.warning());
+        out.extend(
+            self.rate_limit
+                .warnings(self.access.deny_action == DenyActionConfig::Kod),
+        );
         out
     }
 }

@@ -5,9 +5,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::proto::DropReason;
+use crate::proto::{DropReason, Kiss};
 
 const DROP_REASONS: usize = DropReason::ALL.len();
+const KISS_CODES: usize = Kiss::ALL.len();
 
 /// One worker's totals since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -18,6 +19,9 @@ pub struct Counters {
     pub replied: u64,
     /// Datagrams dropped, indexed by [`DropReason::index`].
     pub dropped: [u64; DROP_REASONS],
+    /// Kiss-o'-death replies handed to the kernel, indexed by
+    /// [`Kiss::index`] (not counted in `replied`).
+    pub kod: [u64; KISS_CODES],
     /// Requests that arrived without a kernel receive timestamp although
     /// timestamping was on (a clock read stood in).
     pub missing_rx_stamp: u64,
@@ -56,6 +60,9 @@ impl Counters {
         for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
             *a += b;
         }
+        for (a, b) in self.kod.iter_mut().zip(other.kod) {
+            *a += b;
+        }
         self.missing_rx_stamp += other.missing_rx_stamp;
         self.send_errors += other.send_errors;
         self.kernel_drops += other.kernel_drops;
@@ -67,7 +74,8 @@ impl Counters {
 
 impl std::fmt::Display for Counters {
     /// One log-friendly line: `received 10, replied 7, dropped 3
-    /// (not_client_mode=3), missing rx stamps 1, send errors 2, kernel drops 4`.
+    /// (not_client_mode=3), missing rx stamps 1, send errors 2, …, KoD DENY
+    /// 0, KoD RATE 2`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -90,13 +98,15 @@ impl std::fmt::Display for Counters {
         write!(
             f,
             ", missing rx stamps {}, send errors {}, receive errors {}, kernel drops {}, \
-             re-arms {}, ring restarts {}",
+             re-arms {}, ring restarts {}, KoD DENY {}, KoD RATE {}",
             self.missing_rx_stamp,
             self.send_errors,
             self.receive_errors,
             self.kernel_drops,
             self.rearms,
-            self.ring_restarts
+            self.ring_restarts,
+            self.kod[Kiss::Deny.index()],
+            self.kod[Kiss::Rate.index()],
         )
     }
 }
@@ -109,6 +119,7 @@ pub struct SharedCounters {
     received: AtomicU64,
     replied: AtomicU64,
     dropped: [AtomicU64; DROP_REASONS],
+    kod: [AtomicU64; KISS_CODES],
     missing_rx_stamp: AtomicU64,
     send_errors: AtomicU64,
     rearms: AtomicU64,
@@ -125,6 +136,9 @@ impl SharedCounters {
         for (slot, v) in self.dropped.iter().zip(c.dropped) {
             slot.store(v, r);
         }
+        for (slot, v) in self.kod.iter().zip(c.kod) {
+            slot.store(v, r);
+        }
         self.missing_rx_stamp.store(c.missing_rx_stamp, r);
         self.send_errors.store(c.send_errors, r);
         self.rearms.store(c.rearms, r);
@@ -139,6 +153,7 @@ impl SharedCounters {
             received: self.received.load(r),
             replied: self.replied.load(r),
             dropped: std::array::from_fn(|i| self.dropped[i].load(r)),
+            kod: std::array::from_fn(|i| self.kod[i].load(r)),
             missing_rx_stamp: self.missing_rx_stamp.load(r),
             send_errors: self.send_errors.load(r),
             kernel_drops: 0,
@@ -167,6 +182,7 @@ mod tests {
             ..Counters::default()
         };
         c.dropped[DropReason::NotClientMode.index()] = 3;
+        c.kod[Kiss::Rate.index()] = 2;
         let shared = SharedCounters::default();
         shared.publish(&c);
         assert_eq!(
@@ -186,7 +202,9 @@ mod tests {
         assert_eq!(
             c.to_string(),
             "received 10, replied 7, dropped 3 (not_client_mode=3), missing rx stamps 1, \
-             send errors 2, receive errors 6, kernel drops 4, re-arms 5, ring restarts 7"
+             send errors 2, receive errors 6, kernel drops 4, re-arms 5, ring restarts 7, \
+             KoD DENY 0, KoD RATE 2"
         );
+        assert_eq!(total.kod[Kiss::Rate.index()], 4);
     }
 }

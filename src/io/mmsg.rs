@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use super::errors::{self, Backoff, ErrorAction};
 use super::socket::ListenSocket;
 use super::txtime::Departures;
-use super::worker::{Batch, Datagram, Sent, Worker};
+use super::worker::{Batch, Datagram, Sent, Worker, UNKNOWN_SOURCE};
 use crate::proto::{UnixTime, HEADER_LEN};
 use crate::sys::buffers::zeroed_slice;
 use crate::sys::cmsg::{self, ControlBuf, LocalAddr, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use crate::sys::sockaddr;
 use crate::sys::txstamp::{self, ProbeKeys};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
@@ -391,6 +392,8 @@ impl Batch for Received<'_> {
             payload: &b.payload[i][..len],
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             rx_stamp: info.rx_stamp,
+            source: sockaddr::ip_of_storage(&b.names[i], h.msg_hdr.msg_namelen)
+                .unwrap_or(UNKNOWN_SOURCE),
         };
         (dgram, &mut b.replies[self.kept])
     }

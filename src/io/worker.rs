@@ -11,6 +11,7 @@
 //! receive queues. Backends only move bytes: they never see a reply's
 //! contents nor decide when to probe.
 
+use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use super::queue::QueueBound;
 use super::socket::ListenSocket;
 use super::txtime::{ChunkLength, Departures, TxSchedule};
 use crate::clock;
+use crate::policy::Policy;
 use crate::proto::{self, DropReason, ServerState, UnixTime, Verdict, HEADER_LEN};
 use crate::snapshot;
 use crate::sys;
@@ -78,6 +80,8 @@ pub struct Sent {
 pub struct Worker {
     snapshot: snapshot::Reader,
     state: ServerState,
+    /// Access list and this worker's rate limiter.
+    policy: Policy,
     expect_stamps: bool,
     counters: Counters,
     shared: Arc<SharedCounters>,
@@ -110,24 +114,34 @@ pub struct Datagram<'a> {
     pub truncated: bool,
     /// Kernel receive timestamp, if one came with it.
     pub rx_stamp: Option<UnixTime>,
+    /// The sender's address ([`UNKNOWN_SOURCE`] if the kernel gave none
+    /// that could be read).
+    pub source: IpAddr,
 }
+
+/// The source of a datagram whose sender address could not be read (never
+/// seen on UDP): the unspecified IPv6 address, which access lists treat as
+/// any other IPv6 address.
+pub const UNKNOWN_SOURCE: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
 impl Worker {
     /// A worker reading `snapshot`, publishing its counters to `shared`.
     /// `expect_stamps`: kernel timestamps were requested, so a missing one
     /// is counted; `queue`: how long a request may wait in the receive
-    /// queue (it needs those timestamps).
+    /// queue (it needs those timestamps); `policy`: who gets an answer.
     pub fn new(
         snapshot: snapshot::Reader,
         expect_stamps: bool,
         shared: Arc<SharedCounters>,
         queue: QueueBound,
+        policy: Policy,
     ) -> Self {
         let version = snapshot.version();
         let state = snapshot.load();
         Worker {
             snapshot,
             state,
+            policy,
             expect_stamps,
             counters: Counters::default(),
             shared,
@@ -235,9 +249,21 @@ impl Worker {
                 clock::now()
             }
         };
-        match proto::respond(dgram.payload, received, &self.state, reply) {
+        let verdict = proto::respond(
+            dgram.payload,
+            dgram.source,
+            received,
+            &self.state,
+            &mut self.policy,
+            reply,
+        );
+        match verdict {
             Verdict::Reply => {
                 self.counters.replied += 1;
+                true
+            }
+            Verdict::Kod(kiss) => {
+                self.counters.kod[kiss.index()] += 1;
                 true
             }
             Verdict::Drop(reason) => {
@@ -355,6 +381,7 @@ mod tests {
                 expect_stamps,
                 Arc::clone(&shared),
                 QueueBound::new(crate::io::queue::DEFAULT_MAX_DELAY),
+                Policy::default(),
             ),
             shared,
         )
@@ -439,6 +466,7 @@ mod tests {
             payload: &req,
             truncated: false,
             rx_stamp: stamp,
+            source: UNKNOWN_SOURCE,
         };
         // Waited two seconds in the queue (past a client's timeout):
         // dropped as stale, unanswered.
@@ -490,6 +518,7 @@ mod tests {
             payload: &req,
             truncated: false,
             rx_stamp: Some(rx),
+            source: UNKNOWN_SOURCE,
         };
         let mut batch = TestBatch::new(vec![dgram; 10]);
         w.serve_batch(&mut batch);
@@ -520,6 +549,7 @@ mod tests {
             payload: &req,
             truncated: false,
             rx_stamp: Some(clock::now()),
+            source: UNKNOWN_SOURCE,
         };
         let mut batch = TestBatch::new(vec![dgram; 4]);
         batch.room = Some(3);
@@ -538,6 +568,7 @@ mod tests {
             payload: &req,
             truncated: false,
             rx_stamp: None,
+            source: UNKNOWN_SOURCE,
         }]);
         w.serve_batch(&mut batch);
         assert_eq!(shared.load().missing_rx_stamp, 0);

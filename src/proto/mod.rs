@@ -13,6 +13,6 @@ pub mod state;
 pub mod time;
 
 pub use packet::{Header, LeapIndicator, Mode, PacketError, RefId, HEADER_LEN};
-pub use respond::{respond, stamp_transmit, DropReason, Verdict};
+pub use respond::{respond, stamp_transmit, DropReason, Kiss, Verdict};
 pub use state::{Correction, ServerState};
 pub use time::{NtpShort, NtpTimestamp, UnixTime};

@@ -1,14 +1,21 @@
-//! The reply pipeline: request bytes, their receive time and the published
-//! [`ServerState`] in; a 48-byte mode-4 reply or a drop verdict with its
-//! reason out. Checks run cheapest first (length → mode → framing), so junk
-//! costs almost nothing. A reply is built once by [`respond`] and stamped
-//! once by [`stamp_transmit`] just before it is sent (a batch is built
-//! first and each reply stamped with its own predicted departure). Pure:
-//! the caller supplies every time.
+//! The reply pipeline: request bytes, their sender, their receive time,
+//! the published [`ServerState`] and the worker's [`Policy`] in; a 48-byte
+//! mode-4 reply, a kiss-o'-death or a drop verdict with its reason out.
+//! Checks run cheapest first, as chrony's: length → access → mode →
+//! framing → rate limit → reply, so junk and denied clients cost almost
+//! nothing. A reply is built once by [`respond`] and stamped once by
+//! [`stamp_transmit`] just before it is sent (a batch is built first and
+//! each reply stamped with its own predicted departure). Pure: the caller
+//! supplies every time.
 
-use super::packet::{validate_request, Header, Mode, PacketError, HEADER_LEN};
+use std::net::IpAddr;
+
+use super::packet::{
+    validate_request, Header, LeapIndicator, Mode, PacketError, RefId, HEADER_LEN,
+};
 use super::state::ServerState;
-use super::time::{NtpTimestamp, UnixTime};
+use super::time::{NtpShort, NtpTimestamp, UnixTime};
+use crate::policy::{Access, Policy, Rate};
 
 /// Why a datagram got no reply. Every reason is counted by the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,11 +39,15 @@ pub enum DropReason {
     /// under overload, answering it would only delay the fresh requests
     /// behind it, and its client has likely given up.
     Stale,
+    /// From a client the access list denies (and no KoD DENY is due).
+    Denied,
+    /// Over its client's rate limit (and not one of the let-through ones).
+    RateLimited,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::TooShort,
         DropReason::BadLength,
         DropReason::UnsupportedVersion,
@@ -44,6 +55,8 @@ impl DropReason {
         DropReason::MalformedExtension,
         DropReason::Oversize,
         DropReason::Stale,
+        DropReason::Denied,
+        DropReason::RateLimited,
     ];
 
     /// Position in [`DropReason::ALL`], for counter arrays.
@@ -61,6 +74,8 @@ impl DropReason {
             DropReason::MalformedExtension => "malformed_extension",
             DropReason::Oversize => "oversize",
             DropReason::Stale => "stale",
+            DropReason::Denied => "denied",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -76,31 +91,75 @@ impl From<PacketError> for DropReason {
     }
 }
 
+/// The kiss-o'-death codes the server sends (RFC 5905 §7.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kiss {
+    /// Access denied: the client should stop asking this server.
+    Deny,
+    /// Rate exceeded: the client should ask less often.
+    Rate,
+}
+
+impl Kiss {
+    /// Every code, in counter order.
+    pub const ALL: [Kiss; 2] = [Kiss::Deny, Kiss::Rate];
+
+    /// Position in [`Kiss::ALL`], for counter arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The code as it travels in the reference ID.
+    pub const fn code(self) -> RefId {
+        match self {
+            Kiss::Deny => RefId::DENY,
+            Kiss::Rate => RefId::RATE,
+        }
+    }
+
+    /// The code as text, for logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kiss::Deny => "DENY",
+            Kiss::Rate => "RATE",
+        }
+    }
+}
+
 /// What to do with one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Send the [`HEADER_LEN`] bytes written into the reply buffer.
     Reply,
+    /// Send the kiss-o'-death written into the reply buffer (48 bytes; its
+    /// receive and transmit timestamps stay zero: a refused client learns
+    /// nothing of the server's time).
+    Kod(Kiss),
     /// Send nothing.
     Drop(DropReason),
 }
 
 /// Answers one datagram.
 ///
-/// - `request`: the whole datagram as received.
+/// - `request`: the whole datagram as received; `from`: its sender.
 /// - `received`: its kernel receive time (on the kernel clock; the state's
-///   correction is applied here).
-/// - `reply`: where the reply is written on [`Verdict::Reply`]: every field
-///   but the two that depend on the moment it leaves (transmit timestamp,
-///   root dispersion), which [`stamp_transmit`] writes; a reply must pass
-///   through it before it is sent.
+///   correction is applied here). It is also the time the rate limit
+///   counts with.
+/// - `policy`: the worker's access list and rate limiter.
+/// - `reply`: where the reply is written on [`Verdict::Reply`] or
+///   [`Verdict::Kod`]: every field but the two that depend on the moment it
+///   leaves (transmit timestamp, root dispersion), which [`stamp_transmit`]
+///   writes; a reply must pass through it before it is sent.
 ///
 /// The reply is always 48 bytes, never longer than the request: extension
-/// fields and MACs are skipped, not echoed.
+/// fields and MACs are skipped, not echoed. No request gets more than one
+/// reply, so no client gets more replies than it sent.
 pub fn respond(
     request: &[u8],
+    from: IpAddr,
     received: UnixTime,
     state: &ServerState,
+    policy: &mut Policy,
     reply: &mut [u8; HEADER_LEN],
 ) -> Verdict {
     let Some(&first) = request.first() else {
@@ -109,8 +168,16 @@ pub fn respond(
     if request.len() < HEADER_LEN {
         return Verdict::Drop(DropReason::TooShort);
     }
+    let denied = policy.access(from) == Access::Deny;
+    if denied && !policy.deny_kod() {
+        return Verdict::Drop(DropReason::Denied);
+    }
     if Mode::from_bits(first) != Mode::Client {
-        return Verdict::Drop(DropReason::NotClientMode);
+        return Verdict::Drop(if denied {
+            DropReason::Denied
+        } else {
+            DropReason::NotClientMode
+        });
     }
     if let Err(e) = validate_request(request) {
         return Verdict::Drop(e.into());
@@ -119,6 +186,19 @@ pub fn respond(
         Ok(h) => h,
         Err(e) => return Verdict::Drop(e.into()),
     };
+    let rate = policy.rate(from, received.as_nanos());
+    if denied {
+        return match rate {
+            Rate::Refused => Verdict::Drop(DropReason::Denied),
+            Rate::Allowed | Rate::Leaked => kiss(&req, Kiss::Deny, state, reply),
+        };
+    }
+    match rate {
+        Rate::Allowed => {}
+        Rate::Leaked if policy.rate_kod() => return kiss(&req, Kiss::Rate, state, reply),
+        Rate::Leaked => {}
+        Rate::Refused => return Verdict::Drop(DropReason::RateLimited),
+    }
 
     let receive_ts = state.correction.apply(NtpTimestamp::from_unix(received));
     let header = Header {
@@ -141,15 +221,43 @@ pub fn respond(
     Verdict::Reply
 }
 
+/// Writes a kiss-o'-death with `code` in reply to `req` (RFC 5905 §7.4:
+/// stratum 0, the code as reference ID, leap "unsynchronized"); it echoes
+/// the request's transmit timestamp so that the client can match it, and
+/// says nothing of the server's time.
+fn kiss(req: &Header, code: Kiss, state: &ServerState, reply: &mut [u8; HEADER_LEN]) -> Verdict {
+    Header {
+        leap: LeapIndicator::Unsynchronized,
+        version: req.version,
+        mode: Mode::Server.to_bits(),
+        stratum: 0,
+        poll: req.poll,
+        precision: state.precision,
+        root_delay: NtpShort::default(),
+        root_dispersion: NtpShort::default(),
+        reference_id: code.code(),
+        reference_ts: NtpTimestamp::default(),
+        origin_ts: req.transmit_ts,
+        receive_ts: NtpTimestamp::default(),
+        transmit_ts: NtpTimestamp::default(),
+    }
+    .write(reply);
+    Verdict::Kod(code)
+}
+
 /// Completes a reply built by [`respond`] for `transmit` (kernel clock),
 /// the moment it is expected to leave: writes its transmit timestamp (with
 /// the state's correction; never before the receive timestamp, even if the
 /// clock read and the kernel stamp disagree by a few nanoseconds) and the
-/// root dispersion at that moment. Stamping again moves only these two.
+/// root dispersion at that moment. Stamping again moves only these two. A
+/// kiss-o'-death (no receive timestamp) is left as it is.
 pub fn stamp_transmit(reply: &mut [u8; HEADER_LEN], state: &ServerState, transmit: UnixTime) {
     let mut receive = [0u8; 8];
     receive.copy_from_slice(&reply[32..40]);
     let receive_ts = NtpTimestamp::from_be_bytes(receive);
+    if receive_ts == NtpTimestamp::default() {
+        return;
+    }
     let mut transmit_ts = state.correction.apply(NtpTimestamp::from_unix(transmit));
     if transmit_ts.diff_units(receive_ts) < 0 {
         transmit_ts = receive_ts;
@@ -166,7 +274,7 @@ pub fn stamp_transmit(reply: &mut [u8; HEADER_LEN], state: &ServerState, transmi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::packet::{LeapIndicator, RefId};
+    use crate::policy::{AccessRules, DenyAction, Protection, RateLimit};
     use crate::proto::state::Correction;
     use crate::proto::time::{secs_to_units, NtpShort};
     use proptest::prelude::*;
@@ -197,10 +305,23 @@ mod tests {
         }
     }
 
-    /// Answers `req` received at RX and stamps the reply for TX.
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    /// Answers `req` from CLIENT received at RX and stamps the reply for TX.
     fn reply_to(req: &[u8], state: &ServerState, out: &mut [u8; 48]) -> Verdict {
-        let v = respond(req, RX, state, out);
-        if v == Verdict::Reply {
+        reply_with(req, CLIENT, RX, &mut Policy::default(), state, out)
+    }
+
+    fn reply_with(
+        req: &[u8],
+        from: IpAddr,
+        rx: UnixTime,
+        policy: &mut Policy,
+        state: &ServerState,
+        out: &mut [u8; 48],
+    ) -> Verdict {
+        let v = respond(req, from, rx, state, policy, out);
+        if matches!(v, Verdict::Reply | Verdict::Kod(_)) {
             stamp_transmit(out, state, TX);
         }
         v
@@ -266,7 +387,7 @@ mod tests {
         let mut out = [0u8; 48];
         let mut drop = |bytes: &[u8]| match reply_to(bytes, &state, &mut out) {
             Verdict::Drop(r) => r,
-            Verdict::Reply => panic!("answered {bytes:?}"),
+            v => panic!("{v:?} to {bytes:?}"),
         };
         assert_eq!(drop(&[]), DropReason::TooShort);
         assert_eq!(drop(&request(4, 3)[..47]), DropReason::TooShort);
@@ -294,7 +415,14 @@ mod tests {
         let mut out = [0u8; 48];
         let early = UnixTime::new(RX.secs - 1, 0);
         let state = synced_state();
-        respond(&request(4, 3), RX, &state, &mut out);
+        respond(
+            &request(4, 3),
+            CLIENT,
+            RX,
+            &state,
+            &mut Policy::default(),
+            &mut out,
+        );
         stamp_transmit(&mut out, &state, early);
         let h = Header::parse(&out).unwrap();
         assert_eq!(h.transmit_ts, h.receive_ts);
@@ -334,6 +462,157 @@ mod tests {
         stamp_transmit(&mut out, &state, UnixTime::new(RX.secs - 5, 0));
         let clamped = Header::parse(&out).unwrap();
         assert_eq!(clamped.transmit_ts, clamped.receive_ts);
+    }
+
+    fn protection(deny: &[&str], deny_action: DenyAction, limit: Option<RateLimit>) -> Policy {
+        let rules = AccessRules {
+            default: Access::Allow,
+            allow: vec![],
+            deny: deny.iter().map(|s| s.parse().unwrap()).collect(),
+        };
+        Protection::new(&rules, deny_action, limit).for_worker(1)
+    }
+
+    fn limit(kod: bool) -> RateLimit {
+        RateLimit {
+            interval_nanos: 1_000_000_000,
+            burst: 2,
+            leak: 1,
+            kod,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            clients: 64,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn denied_clients_get_nothing_or_a_kod_deny_that_says_nothing_of_the_time() {
+        let state = synced_state();
+        let req = request(4, 3);
+        let mut out = [0u8; 48];
+        let mut ignore = protection(&["192.0.2.0/24", "2001:db8::/32"], DenyAction::Ignore, None);
+        for from in ["192.0.2.9", "::ffff:192.0.2.9", "2001:db8::1"] {
+            let v = reply_with(&req, ip(from), RX, &mut ignore, &state, &mut out);
+            assert_eq!(v, Verdict::Drop(DropReason::Denied), "{from}");
+        }
+        let v = reply_with(&req, ip("198.51.100.1"), RX, &mut ignore, &state, &mut out);
+        assert_eq!(v, Verdict::Reply);
+
+        let mut kod = protection(&["192.0.2.0/24"], DenyAction::Kod, None);
+        for _ in 0..5 {
+            let mut out = [0u8; 48];
+            let v = reply_with(&req, ip("192.0.2.9"), RX, &mut kod, &state, &mut out);
+            assert_eq!(v, Verdict::Kod(Kiss::Deny));
+            let h = Header::parse(&out).unwrap();
+            assert_eq!(
+                (h.stratum, h.reference_id, h.leap),
+                (0, RefId::DENY, LeapIndicator::Unsynchronized)
+            );
+            assert_eq!(h.mode(), Mode::Server);
+            assert_eq!(h.origin_ts.to_bits(), 0x1122_3344_5566_7788);
+            assert_eq!(h.receive_ts, NtpTimestamp::default());
+            assert_eq!(h.transmit_ts, NtpTimestamp::default());
+            assert_eq!(h.reference_ts, NtpTimestamp::default());
+        }
+        // Not a client request: no KoD either.
+        let v = reply_with(
+            &request(4, 1),
+            ip("192.0.2.9"),
+            RX,
+            &mut kod,
+            &state,
+            &mut out,
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::Denied));
+    }
+
+    #[test]
+    fn a_limited_client_gets_its_burst_then_one_in_2_pow_leak() {
+        let state = synced_state();
+        let req = request(4, 3);
+        for kod in [false, true] {
+            let mut policy = protection(&[], DenyAction::Ignore, Some(limit(kod)));
+            let verdicts: Vec<Verdict> = (0..8)
+                .map(|_| reply_with(&req, CLIENT, RX, &mut policy, &state, &mut [0; 48]))
+                .collect();
+            let leaked = if kod {
+                Verdict::Kod(Kiss::Rate)
+            } else {
+                Verdict::Reply
+            };
+            let refused = Verdict::Drop(DropReason::RateLimited);
+            assert_eq!(
+                verdicts,
+                [
+                    Verdict::Reply,
+                    Verdict::Reply,
+                    refused,
+                    leaked,
+                    refused,
+                    leaked,
+                    refused,
+                    leaked
+                ]
+            );
+            // Another client has its own allowance; a second later one more.
+            let other = reply_with(&req, ip("192.0.2.2"), RX, &mut policy, &state, &mut [0; 48]);
+            assert_eq!(other, Verdict::Reply);
+            let later = UnixTime::new(RX.secs + 1, RX.nanos);
+            assert_eq!(
+                reply_with(&req, CLIENT, later, &mut policy, &state, &mut [0; 48]),
+                Verdict::Reply
+            );
+        }
+    }
+
+    #[test]
+    fn junk_from_anyone_is_not_counted_against_the_rate_limit() {
+        let state = synced_state();
+        let mut policy = protection(&[], DenyAction::Ignore, Some(limit(true)));
+        for _ in 0..10 {
+            let v = reply_with(
+                &request(4, 4),
+                CLIENT,
+                RX,
+                &mut policy,
+                &state,
+                &mut [0; 48],
+            );
+            assert_eq!(v, Verdict::Drop(DropReason::NotClientMode));
+        }
+        let v = reply_with(
+            &request(4, 3),
+            CLIENT,
+            RX,
+            &mut policy,
+            &state,
+            &mut [0; 48],
+        );
+        assert_eq!(v, Verdict::Reply);
+    }
+
+    #[test]
+    fn denied_kods_are_rate_limited_too() {
+        let state = synced_state();
+        let mut policy = protection(&["0.0.0.0/0"], DenyAction::Kod, Some(limit(true)));
+        let sent: Vec<Verdict> = (0..6)
+            .map(|_| {
+                reply_with(
+                    &request(4, 3),
+                    CLIENT,
+                    RX,
+                    &mut policy,
+                    &state,
+                    &mut [0; 48],
+                )
+            })
+            .collect();
+        let (k, d) = (Verdict::Kod(Kiss::Deny), Verdict::Drop(DropReason::Denied));
+        assert_eq!(sent, [k, k, d, k, d, k]);
     }
 
     proptest! {

@@ -44,6 +44,17 @@ impl UnixTime {
     pub fn as_secs_f64(self) -> f64 {
         self.secs as f64 + self.nanos as f64 * 1e-9
     }
+
+    /// Nanoseconds since 1970, 0 for earlier times (for counting time in
+    /// integers, e.g. rate limits).
+    pub const fn as_nanos(self) -> u64 {
+        if self.secs < 0 {
+            return 0;
+        }
+        (self.secs as u64)
+            .saturating_mul(NANOS_PER_SEC)
+            .saturating_add(self.nanos as u64)
+    }
 }
 
 /// A 64-bit NTP timestamp: seconds (high 32 bits) and fraction (low 32 bits,

@@ -1,7 +1,8 @@
 //! The thin layer over Linux that the serving backends ([`crate::io`]) and
 //! the upstream client ([`crate::discipline`]) share, and nothing else:
 //! control messages ([`cmsg`]), socket options, drop counts and one
-//! `recvmsg` with its control data ([`socket`]), kernel transmit timestamps
+//! `recvmsg` with its control data ([`socket`]), the sender of a datagram
+//! ([`sockaddr`]), kernel transmit timestamps
 //! read from the error queue ([`txstamp`]), zeroed C-struct arrays for
 //! batched system calls ([`buffers`]) and thread pinning ([`cpu`]). It
 //! knows sockets and timestamps, not NTP.
@@ -9,5 +10,6 @@
 pub mod buffers;
 pub mod cmsg;
 pub mod cpu;
+pub mod sockaddr;
 pub mod socket;
 pub mod txstamp;

@@ -12,8 +12,9 @@ use io_uring::types::{Fixed, RecvMsgOut};
 use super::{push, submit, Failure, TxSample, UringWorker, NAME_LEN, PAYLOAD_AT, TAG_SEND};
 use crate::io::socket::ListenSocket;
 use crate::io::txtime::{Departures, SEND_CHUNK};
-use crate::io::worker::{Batch, Datagram, Sent};
+use crate::io::worker::{Batch, Datagram, Sent, UNKNOWN_SOURCE};
 use crate::proto::{UnixTime, HEADER_LEN};
+use crate::sys::sockaddr;
 use crate::sys::{cmsg, txstamp};
 
 impl UringWorker<'_> {
@@ -73,6 +74,7 @@ impl Batch for UringWorker<'_> {
                 payload: &[],
                 truncated: true,
                 rx_stamp: None,
+                source: UNKNOWN_SOURCE,
             };
             return (dgram, reply);
         };
@@ -90,6 +92,7 @@ impl Batch for UringWorker<'_> {
             payload,
             truncated,
             rx_stamp: info.rx_stamp,
+            source: sockaddr::ip_of(msg.name_data()).unwrap_or(UNKNOWN_SOURCE),
         };
         (dgram, reply)
     }
