@@ -9,8 +9,8 @@
 //!   binaries of this workspace's build.
 //! - [`background`]: a test-owned thread (fake server, sink) stopped and
 //!   joined on drop.
-//! - [`udp`]: free loopback ports, a client socket, one request/reply
-//!   exchange.
+//! - [`udp`]: free loopback ports, a client socket (on a chosen address
+//!   if need be), one request/reply exchange.
 //! - [`packet`]: client requests and the one server-reply builder.
 //! - [`fastntpd`]: the real `fastntpd`, spawned with a config and waited
 //!   for until it serves; [`stats`]: its final per-worker counters.
@@ -37,4 +37,4 @@ pub use packet::{client_request, ntp_now, Reply};
 pub use process::{built_binary, output_within, send_signal, stop_child};
 pub use stats::{total, WorkerStats};
 pub use temp::{write_temp, TempDir};
-pub use udp::{client_for, exchange, free_udp_port};
+pub use udp::{client_for, client_from, exchange, free_udp_port};

@@ -1,5 +1,6 @@
 //! `fastntpd`'s final per-worker counters, read back from the line each
-//! worker logs when it stops (`worker N (core C): received …`).
+//! worker logs when it stops (`worker N (core C): received …, KoD DENY d,
+//! KoD RATE r`); counters an older build does not log read as 0.
 
 /// One worker's final counters.
 #[derive(Debug, Default, Clone)]
@@ -22,6 +23,12 @@ pub struct WorkerStats {
     pub receive_errors: u64,
     /// io_uring rebuilds.
     pub ring_restarts: u64,
+    /// Datagrams the kernel dropped at the worker's full socket buffer.
+    pub kernel_drops: u64,
+    /// Kiss-o'-death DENY replies sent (to denied clients).
+    pub kod_deny: u64,
+    /// Kiss-o'-death RATE replies sent (to rate-limited clients).
+    pub kod_rate: u64,
 }
 
 impl WorkerStats {
@@ -47,6 +54,9 @@ impl WorkerStats {
             missing_rx_stamps: number("missing rx stamps ")?,
             receive_errors: number("receive errors ").unwrap_or(0),
             ring_restarts: number("ring restarts ").unwrap_or(0),
+            kernel_drops: number("kernel drops ").unwrap_or(0),
+            kod_deny: number("KoD DENY ").unwrap_or(0),
+            kod_rate: number("KoD RATE ").unwrap_or(0),
             reasons: Vec::new(),
         };
         if let Some(inner) = rest.split_once(" (").and_then(|(_, r)| r.split_once(')')) {
@@ -78,6 +88,9 @@ pub fn total(stats: &[WorkerStats]) -> WorkerStats {
         t.missing_rx_stamps += s.missing_rx_stamps;
         t.receive_errors += s.receive_errors;
         t.ring_restarts += s.ring_restarts;
+        t.kernel_drops += s.kernel_drops;
+        t.kod_deny += s.kod_deny;
+        t.kod_rate += s.kod_rate;
         for (k, v) in &s.reasons {
             match t.reasons.iter_mut().find(|(tk, _)| tk == k) {
                 Some((_, tv)) => *tv += v,
@@ -110,5 +123,25 @@ mod tests {
         let t = total(&[s.clone(), s]);
         assert_eq!((t.received, t.dropped_for("too_short")), (20, 2));
         assert!(WorkerStats::parse("listening on 127.0.0.1:123").is_none());
+    }
+
+    #[test]
+    fn kiss_o_death_counters_parse_and_read_as_zero_when_missing() {
+        let line = "INFO worker 0 (core 1): received 40, replied 9, dropped 21 \
+                    (denied=5, rate_limited=16), missing rx stamps 0, send errors 0, \
+                    receive errors 0, kernel drops 3, re-arms 0, ring restarts 0, \
+                    KoD DENY 4, KoD RATE 6";
+        let s = WorkerStats::parse(line).expect("parses");
+        assert_eq!((s.kod_deny, s.kod_rate, s.kernel_drops), (4, 6, 3));
+        assert_eq!(
+            (s.dropped_for("denied"), s.dropped_for("rate_limited")),
+            (5, 16)
+        );
+        let t = total(&[s.clone(), s]);
+        assert_eq!((t.kod_deny, t.kod_rate, t.kernel_drops), (8, 12, 6));
+        let old = "INFO worker 0 (unpinned): received 1, replied 1, dropped 0, \
+                   missing rx stamps 0, send errors 0";
+        let o = WorkerStats::parse(old).expect("an older line parses");
+        assert_eq!((o.kod_deny, o.kod_rate, o.kernel_drops), (0, 0, 0));
     }
 }

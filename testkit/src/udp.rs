@@ -1,7 +1,8 @@
-//! Loopback UDP for tests: free ports, a client socket and one
-//! request/reply exchange.
+//! Loopback UDP for tests: free ports, a client socket (on the loopback
+//! address of a family, or on a chosen one such as 127.0.1.5 to be another
+//! client address) and one request/reply exchange.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 /// A free UDP port on 127.0.0.1 (free when this returns).
@@ -15,12 +16,19 @@ pub fn free_udp_port() -> u16 {
 /// A client socket bound to the loopback of `server`'s family, with a
 /// 300 ms read timeout.
 pub fn client_for(server: SocketAddr) -> UdpSocket {
-    let bind = if server.is_ipv4() {
-        SocketAddr::from(([127, 0, 0, 1], 0))
+    client_from(if server.is_ipv4() {
+        IpAddr::from([127, 0, 0, 1])
     } else {
-        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
-    };
-    let s = UdpSocket::bind(bind).expect("bind client");
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+    })
+}
+
+/// A client socket on `local` (any address of this host: all of
+/// 127.0.0.0/8 is on Linux's loopback, so each 127.x.y.z is a client of
+/// its own to the server), an ephemeral port, with a 300 ms read timeout.
+pub fn client_from(local: IpAddr) -> UdpSocket {
+    let s = UdpSocket::bind(SocketAddr::new(local, 0))
+        .unwrap_or_else(|e| panic!("bind a client socket on {local}: {e}"));
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .expect("read timeout");
     s
