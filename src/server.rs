@@ -219,6 +219,7 @@ impl Server {
                 backend.name()
             );
         }
+        info!("{}", config.protection_summary());
         let discipline = prepared.spawn(publisher, Arc::clone(&stop))?;
         // What is served, and why, the discipline logs at each change (once);
         // this line only says what it works with.
@@ -402,9 +403,10 @@ fn log_rates(last: &Counters, now: &Counters, over: Duration) {
     let secs = over.as_secs_f64();
     let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
     info!(
-        "{:.1} req/s, {:.1} replies/s, {:.1} drops/s; totals: {now}",
+        "{:.1} req/s, {:.1} replies/s, {:.1} KoD/s, {:.1} drops/s; totals: {now}",
         rate(now.received, last.received),
         rate(now.replied, last.replied),
+        rate(now.kod_total(), last.kod_total()),
         rate(now.dropped_total(), last.dropped_total()),
     );
 }
