@@ -714,6 +714,8 @@ fn rate_run(bin: &Path, io: Io, workers: usize, kod: bool) -> RateRun {
 ///   stalled on an overloaded host lets happen.
 /// - No amplification: datagrams read ≤ requests sent, no duplicates;
 ///   replies + KoDs ≤ requests received.
+/// - The one client address is served by one worker (steered there by the
+///   kernel, whatever its source port), as the docs say of one big client.
 fn check_rate_run(run: &RateRun) -> Vec<String> {
     let label = format!("{} workers={} kod={}", run.io, run.workers, run.kod);
     let t = total(&run.stats);
@@ -726,17 +728,18 @@ fn check_rate_run(run: &RateRun) -> Vec<String> {
     let expected = run.expected_normal();
     let naive = BURST as f64 + DURATION_S as f64 / INTERVAL_S;
     let limited = t.dropped_for("rate_limited");
+    let received: Vec<u64> = run.stats.iter().map(|s| s.received).collect();
     eprintln!(
         "{label:28} sent {sent} ({achieved:.0}/s, max lag {:.0} ms, preempted {}), normal \
          replies {normal} (expected {expected:.0}: allowance {} from the timeline, burst + \
          duration/interval = {naive:.0}), KoD RATE {kod}, lost {lost}, read {read}; server: \
-         received {}, replied {} {:?}, KoD RATE {}, rate_limited {}, kernel drops {}",
+         received {} (per worker {received:?}), replied {}, KoD RATE {}, rate_limited {}, \
+         kernel drops {}",
         run.step()["send"]["max_lag_ms"].as_f64().unwrap_or(0.0),
         run.figure(&["send", "preempted"]),
         run.allowed(),
         t.received,
         t.replied,
-        run.stats.iter().map(|s| s.replied).collect::<Vec<_>>(),
         t.kod_rate,
         limited,
         t.kernel_drops,
@@ -747,6 +750,10 @@ fn check_rate_run(run: &RateRun) -> Vec<String> {
             failures.push(format!("{label}: {what}"));
         }
     };
+    check(
+        received.iter().filter(|&&n| n > 0).count() == 1,
+        format!("one client address's requests reached workers {received:?}: not steered to one"),
+    );
     check(
         achieved >= MIN_ACHIEVED,
         format!("the load generator sent only {achieved:.0}/s: the host is too busy"),
