@@ -12,6 +12,8 @@
 //! The committed seed corpus is in `corpus/<target>/`; the tests replay it
 //! through the checks (`cargo afl test --release`, or plain `cargo test`).
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod input;
 pub mod respond;
