@@ -58,6 +58,9 @@ struct Seed {
     scenario: u8,
     received: UnixTime,
     delay_us: i16,
+    protection: u8,
+    source: u128,
+    repeats: u8,
     request: Vec<u8>,
 }
 
@@ -69,7 +72,21 @@ impl Seed {
             scenario: SYNCED,
             received: UnixTime::new(1_800_000_000, 123_456_789),
             delay_us: 20,
+            protection: 0,
+            source: fastntp::policy::cidr::to_bits([192, 0, 2, 1].into()),
+            repeats: 1,
             request,
+        }
+    }
+
+    /// Sent `repeats` times from `source` to a server with `protection`.
+    fn protected(self, protection: u8, source: &str, repeats: u8) -> Self {
+        let source = source.parse().map_or(0, fastntp::policy::cidr::to_bits);
+        Seed {
+            protection,
+            source,
+            repeats,
+            ..self
         }
     }
 
@@ -136,6 +153,18 @@ pub fn respond_seeds() -> Vec<(&'static str, Vec<u8>)> {
         s("before-1970", ntp(V4, &[]))
             .scenario(CORRECTED)
             .at(-1, 500_000_000, 20),
+        s("denied-v4-kod", ntp(V4, &[])).protected(0b101, "192.0.2.9", 2),
+        s("denied-v6-ignore", ntp(V4, &[])).protected(0b001, "2001:db8::7", 1),
+        s("nested-allowed-v4", ntp(V3, &[])).protected(0b111, "192.0.2.130", 1),
+        s("nested-denied-mapped", ntp(V4, &[])).protected(0b111, "::ffff:192.0.2.200", 1),
+        s("allow-list-v6-loopback", ntp(V4, &[])).protected(0b010, "::1", 1),
+        s("rate-limited-kod", ntp(V4, &[])).protected(0b1011_1000, "198.51.100.1", 12),
+        s("rate-limited-leak-replies", ntp(V4, &[&extension(16)])).protected(
+            0b0010_1000,
+            "2001:db8:5::1",
+            16,
+        ),
+        s("rate-limited-denied-kod", ntp(V4, &[])).protected(0b1111_1101, "192.0.2.5", 16),
     ];
     seeds
         .into_iter()
@@ -144,6 +173,9 @@ pub fn respond_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 scenario: seed.scenario,
                 received: seed.received,
                 delay_us: seed.delay_us,
+                protection: seed.protection,
+                source: seed.source,
+                repeats: seed.repeats,
                 request: &seed.request,
             };
             (seed.name, case.encode())
@@ -154,7 +186,7 @@ pub fn respond_seeds() -> Vec<(&'static str, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fastntp::proto::{DropReason, Verdict};
+    use fastntp::proto::{DropReason, Kiss, Verdict};
     use std::fs;
     use std::path::{Path, PathBuf};
 
@@ -203,16 +235,25 @@ mod tests {
             println!("{}", path.display());
             crate::respond::check(&bytes);
             let case = Case::split(&bytes).unwrap();
-            seen.push((case.state().is_synchronized(), case.run().0));
+            let synced = case.state().is_synchronized();
+            seen.extend(case.run().into_iter().map(|(v, _)| (synced, v)));
         }
         assert!(seen.contains(&(true, Verdict::Reply)));
         assert!(seen.contains(&(false, Verdict::Reply)));
+        for kiss in [Kiss::Deny, Kiss::Rate] {
+            assert!(
+                seen.iter().any(|&(_, v)| v == Verdict::Kod(kiss)),
+                "{kiss:?}"
+            );
+        }
         for reason in [
             DropReason::TooShort,
             DropReason::BadLength,
             DropReason::UnsupportedVersion,
             DropReason::NotClientMode,
             DropReason::MalformedExtension,
+            DropReason::Denied,
+            DropReason::RateLimited,
         ] {
             let drop = Verdict::Drop(reason);
             assert!(seen.iter().any(|&(_, v)| v == drop), "{reason:?}");

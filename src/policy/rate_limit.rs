@@ -37,6 +37,10 @@ pub struct RateLimit {
     pub clients: usize,
 }
 
+/// The latest time the limiter counts with, nanoseconds since the epoch;
+/// later times count as this one.
+const LATEST: u64 = u64::MAX / 2;
+
 /// What the rate limiter says about one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rate {
@@ -80,6 +84,10 @@ impl RateLimiter {
     /// since the epoch) and says whether it may be answered.
     #[inline]
     pub fn check(&mut self, addr: u128, now: u64) -> Rate {
+        // Far beyond any real clock (year 2262), so that the arithmetic
+        // below never saturates: a saturated allowance would let every
+        // request through (found by fuzzing with absurd receive times).
+        let now = now.min(LATEST);
         let key = client_key(addr, self.ipv4_prefix, self.ipv6_prefix);
         let entry = self.table.entry(key);
         // A fresh entry (tat 0) starts with a full allowance.
@@ -176,6 +184,14 @@ mod tests {
         assert_eq!(send(&mut l, addr("2001:db8:1:2::1"), T0, 2, 0)[0], 2);
         assert_eq!(send(&mut l, addr("192.0.2.1"), T0, 2, 0)[0], 2);
         assert_eq!(send(&mut l, addr("192.0.2.2"), T0, 2, 0)[0], 2);
+    }
+
+    #[test]
+    fn absurd_times_still_limit() {
+        let mut l = RateLimiter::new(&limit(1000, 2, 2), 1024);
+        let a = addr("192.0.2.1");
+        assert_eq!(send(&mut l, a, u64::MAX, 10, 0), [2, 2, 6]);
+        assert_eq!(send(&mut l, a, LATEST + 1, 10, 0), [0, 2, 8]);
     }
 
     #[test]
