@@ -6,26 +6,13 @@
 //! address kept whole. Without the kernel steering program the kernel's
 //! 4-tuple hash spreads one client's ports over both workers.
 
+#[macro_use]
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{client_request, skip, Fastntpd, Io, WorkerStats};
-
-/// Every test below runs once per backend.
-macro_rules! for_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod mmsg {
-            $(#[test] fn $name() { super::$name(super::Io::Mmsg) })*
-        }
-        mod io_uring {
-            $(#[test] fn $name() {
-                if let Some(io) = super::Io::uring_or_skip() { super::$name(io) }
-            })*
-        }
-    };
-}
 
 for_each_backend!(
     one_ipv4_client_from_many_ports_reaches_one_worker,

@@ -4,6 +4,7 @@
 //! and counted by reason while valid requests keep being answered, and
 //! traffic spread over pinned workers.
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -14,20 +15,6 @@ use common::{
     Io,
 };
 use fastntp::proto::{Header, LeapIndicator, Mode, NtpTimestamp, RefId};
-
-/// Every test below runs once per backend.
-macro_rules! for_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod mmsg {
-            $(#[test] fn $name() { super::$name(super::Io::Mmsg) })*
-        }
-        mod io_uring {
-            $(#[test] fn $name() {
-                if let Some(io) = super::Io::uring_or_skip() { super::$name(io) }
-            })*
-        }
-    };
-}
 
 for_each_backend!(
     synchronized_replies_carry_every_field_on_ipv4_and_ipv6,

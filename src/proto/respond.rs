@@ -573,26 +573,14 @@ mod tests {
     fn junk_from_anyone_is_not_counted_against_the_rate_limit() {
         let state = synced_state();
         let mut policy = protection(&[], DenyAction::Ignore, Some(limit(true)));
+        let mut ask = |req: &[u8]| reply_with(req, CLIENT, RX, &mut policy, &state, &mut [0; 48]);
         for _ in 0..10 {
-            let v = reply_with(
-                &request(4, 4),
-                CLIENT,
-                RX,
-                &mut policy,
-                &state,
-                &mut [0; 48],
+            assert_eq!(
+                ask(&request(4, 4)),
+                Verdict::Drop(DropReason::NotClientMode)
             );
-            assert_eq!(v, Verdict::Drop(DropReason::NotClientMode));
         }
-        let v = reply_with(
-            &request(4, 3),
-            CLIENT,
-            RX,
-            &mut policy,
-            &state,
-            &mut [0; 48],
-        );
-        assert_eq!(v, Verdict::Reply);
+        assert_eq!(ask(&request(4, 3)), Verdict::Reply);
     }
 
     #[test]

@@ -4,6 +4,23 @@
 //! into `fastntpd`, and a client with kernel receive timestamps.
 #![allow(dead_code)]
 
+/// Generates, for each named `fn NAME(io: Io)`, one test per I/O backend:
+/// `mmsg::NAME` and `io_uring::NAME` (skipped where io_uring cannot run).
+/// The test file needs `Io` in scope and `#[macro_use] mod common;`.
+#[allow(unused_macros)] // not every test binary runs per backend
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod mmsg {
+            $(#[test] fn $name() { super::$name(super::Io::Mmsg) })*
+        }
+        mod io_uring {
+            $(#[test] fn $name() {
+                if let Some(io) = super::Io::uring_or_skip() { super::$name(io) }
+            })*
+        }
+    };
+}
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 
