@@ -88,12 +88,12 @@ fn clients(n: u32) -> Vec<IpAddr> {
 /// /16 to /28 and /32 to /64, none holding the bench's clients so every
 /// lookup walks the trie and falls to the default) and a rate limit that
 /// every client stays within (the full cost: lookup, update, reply).
-fn protected() -> Policy {
+fn protected(access: bool, rate_limit: bool) -> Policy {
     let mut rules = AccessRules {
         default: Access::Allow,
         ..AccessRules::default()
     };
-    for i in 0..10_000u32 {
+    for i in 0..if access { 10_000u32 } else { 0 } {
         let x = i.wrapping_mul(0x85eb_ca6b) | 1;
         let cidr = if i % 2 == 0 {
             let v4 = IpAddr::V4(Ipv4Addr::from(x));
@@ -117,7 +117,8 @@ fn protected() -> Policy {
         ipv6_prefix: 64,
         clients: 1 << 20,
     };
-    Protection::new(&rules, DenyAction::Ignore, Some(limit)).for_worker(1)
+    let limit = rate_limit.then_some(limit);
+    Protection::new(&rules, DenyAction::Ignore, limit).for_worker(1)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -216,7 +217,12 @@ fn main() {
         open,
         &many,
     );
-    let mut guarded = protected();
-    let name = "  + 10k-prefix access list + rate limit";
-    bench(name, n, &plain, &fixed, false, &mut guarded, &many);
+    for (access, limit, name) in [
+        (true, false, "  + 10k-prefix access list"),
+        (false, true, "  + rate limit (1M-entry table)"),
+        (true, true, "  + both"),
+    ] {
+        let mut guarded = protected(access, limit);
+        bench(name, n, &plain, &fixed, false, &mut guarded, &many);
+    }
 }

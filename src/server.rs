@@ -22,6 +22,7 @@ use crate::io::worker::Worker;
 use crate::io::{self as io_backend, select_backend, Backend, BackendError};
 use crate::snapshot;
 use crate::sys::cpu;
+use crate::sys::reuseport;
 use crate::sys::socket::kernel_drops;
 
 /// How often the statistics line is logged.
@@ -60,6 +61,17 @@ pub enum ServerError {
     WorkerPanicked {
         /// Worker number.
         id: usize,
+    },
+    /// The program steering each client address to one worker could not
+    /// be attached (on a kernel that has the option).
+    #[error(
+        "cannot steer each client of {addr} to one worker (SO_ATTACH_REUSEPORT_CBPF): {source}"
+    )]
+    Steering {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
     },
     /// The discipline could not start.
     #[error(transparent)]
@@ -141,6 +153,7 @@ impl Server {
             receive_queue: crate::io::queue::MAX_BYTES,
         };
 
+        let mut steering = Steering::new(client_steering(config), count);
         let mut per_worker: Vec<Vec<ListenSocket>> = (0..count).map(|_| Vec::new()).collect();
         let mut listening = Vec::new();
         for &addr in &config.server.listen {
@@ -152,6 +165,7 @@ impl Server {
                 }
                 Err(e) => return Err(e.into()),
             };
+            steering.attach(&group)?;
             listening.push(group[0].local);
             for (sockets, sock) in per_worker.iter_mut().zip(group) {
                 sockets.push(sock);
@@ -219,6 +233,8 @@ impl Server {
                 backend.name()
             );
         }
+        info!("{}", config.protection_summary());
+        steering.log();
         let discipline = prepared.spawn(publisher, Arc::clone(&stop))?;
         // What is served, and why, the discipline logs at each change (once);
         // this line only says what it works with.
@@ -369,6 +385,78 @@ pub fn preflight(config: &Config) -> Vec<String> {
     out
 }
 
+/// Which client addresses count as one client for steering, as `(IPv4
+/// prefix, IPv6 prefix)`, or `None` to let the kernel spread datagrams by
+/// their 4-tuple (see [`crate::sys::reuseport`]). Steering is on with rate
+/// limiting, whose per-worker client tables need each client on one
+/// worker; without it, one busy client (a big NAT, a load generator) is
+/// better spread over every worker.
+fn client_steering(config: &Config) -> Option<(u8, u8)> {
+    let limit = &config.rate_limit;
+    limit
+        .enabled
+        .then_some((limit.ipv4_prefix, limit.ipv6_prefix))
+}
+
+/// Steering each client address to one worker, group by group.
+struct Steering {
+    /// The prefixes, while steering is wanted and possible.
+    prefixes: Option<(u8, u8)>,
+    /// Workers (sockets per group).
+    workers: u32,
+    /// Whether a group was steered.
+    attached: bool,
+}
+
+impl Steering {
+    /// Steering with `prefixes` over `workers` workers; with one worker
+    /// there is nothing to steer.
+    fn new(prefixes: Option<(u8, u8)>, workers: usize) -> Steering {
+        Steering {
+            prefixes: prefixes.filter(|_| workers > 1),
+            workers: u32::try_from(workers).unwrap_or(u32::MAX),
+            attached: false,
+        }
+    }
+
+    /// Attaches the steering program to a newly bound `group` (socket `i`
+    /// being worker `i`'s). On a kernel without the option, warns once and
+    /// steers no further group; any other failure is an error.
+    fn attach(&mut self, group: &[ListenSocket]) -> Result<(), ServerError> {
+        let (Some((v4, v6)), Some(first)) = (self.prefixes, group.first()) else {
+            return Ok(());
+        };
+        match reuseport::attach_client_steering(&first.socket, self.workers, v4, v6) {
+            Ok(()) => self.attached = true,
+            Err(e) if reuseport::steering_unsupported(&e) => {
+                warn!(
+                    "this kernel cannot steer each client to one worker \
+                     (SO_ATTACH_REUSEPORT_CBPF: {e}); a client's requests are spread over \
+                     the workers by source port, so per-client limits count per worker"
+                );
+                self.prefixes = None;
+            }
+            Err(source) => {
+                return Err(ServerError::Steering {
+                    addr: first.local,
+                    source,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs what is steered, once.
+    fn log(&self) {
+        if let (true, Some((v4, v6))) = (self.attached, self.prefixes) {
+            info!(
+                "each client (IPv4 /{v4}, IPv6 /{v6}) is served by one worker \
+                 (kernel steering)"
+            );
+        }
+    }
+}
+
 /// Longest wait for the workers to set their backends up.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -402,9 +490,10 @@ fn log_rates(last: &Counters, now: &Counters, over: Duration) {
     let secs = over.as_secs_f64();
     let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
     info!(
-        "{:.1} req/s, {:.1} replies/s, {:.1} drops/s; totals: {now}",
+        "{:.1} req/s, {:.1} replies/s, {:.1} KoD/s, {:.1} drops/s; totals: {now}",
         rate(now.received, last.received),
         rate(now.replied, last.replied),
+        rate(now.kod_total(), last.kod_total()),
         rate(now.dropped_total(), last.dropped_total()),
     );
 }
@@ -418,5 +507,38 @@ mod tests {
         assert_eq!(worker_count(Workers::Auto, &[0, 1, 2]), 3);
         assert_eq!(worker_count(Workers::Auto, &[]), 1);
         assert_eq!(worker_count(Workers::Count(5), &[0]), 5);
+    }
+
+    fn group(count: usize) -> Vec<ListenSocket> {
+        let opts = SocketOptions {
+            timestamps: false,
+            ..SocketOptions::default()
+        };
+        socket::bind_group("127.0.0.1:0".parse().unwrap(), count, opts).unwrap()
+    }
+
+    #[test]
+    fn a_group_of_several_workers_is_steered_and_one_worker_is_not() {
+        let mut two = Steering::new(Some((32, 64)), 2);
+        two.attach(&group(2)).unwrap();
+        assert!(two.attached);
+        let mut one = Steering::new(Some((32, 64)), 1);
+        one.attach(&group(1)).unwrap();
+        assert!(!one.attached);
+        let mut unwanted = Steering::new(None, 2);
+        unwanted.attach(&group(2)).unwrap();
+        assert!(!unwanted.attached);
+    }
+
+    #[test]
+    fn clients_are_steered_only_with_rate_limiting_and_by_its_prefixes() {
+        let parse = |text: &str| Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        assert_eq!(client_steering(&parse("")), None);
+        assert_eq!(
+            client_steering(&parse("[access]\ndeny = [\"192.0.2.0/24\"]")),
+            None
+        );
+        let on = parse("[rate-limit]\nenabled = true\nipv4-prefix = 24\nipv6-prefix = 56");
+        assert_eq!(client_steering(&on), Some((24, 56)));
     }
 }

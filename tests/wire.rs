@@ -335,10 +335,15 @@ fn two_workers_share_the_traffic_each_on_its_own_core(io: Io) {
         ]
     );
 
-    // Many client ports: the kernel spreads them over both sockets.
+    // Many clients (addresses and ports): they spread over both sockets,
+    // whether the kernel hashes the 4-tuple or steers by address.
     const CLIENTS: u64 = 64;
     for i in 0..CLIENTS {
-        let sock = client_for(addr);
+        let sock =
+            std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 2 + (i % 32) as u8], 0)))
+                .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let reply = exchange(&sock, addr, &client_request(4, i)).expect("reply");
         assert_eq!(Header::parse(&reply).unwrap().origin_ts.to_bits(), i);
     }

@@ -119,6 +119,51 @@ impl Config {
         self.rate_limit.validate()
     }
 
+    /// One line saying who is served and how fast, for the start-up log.
+    pub fn protection_summary(&self) -> String {
+        let a = &self.access;
+        let access = if a.allow.is_empty() && a.deny.is_empty() {
+            format!(
+                "access: everyone {}",
+                match a.default {
+                    AccessDefault::Allow => "allowed",
+                    AccessDefault::Deny => "denied",
+                }
+            )
+        } else {
+            format!(
+                "access: {} allow and {} deny prefixes, default {}, denied clients get {}",
+                a.allow.len(),
+                a.deny.len(),
+                match a.default {
+                    AccessDefault::Allow => "allow",
+                    AccessDefault::Deny => "deny",
+                },
+                match a.deny_action {
+                    DenyActionConfig::Ignore => "nothing",
+                    DenyActionConfig::Kod => "a KoD DENY",
+                }
+            )
+        };
+        let r = &self.rate_limit;
+        let rate = if r.enabled {
+            format!(
+                "rate limit: burst {} then one per {} s per client (/{} IPv4, /{} IPv6), \
+                 1 in {} over it answered{}, {} clients remembered",
+                r.burst,
+                r.interval,
+                r.ipv4_prefix,
+                r.ipv6_prefix,
+                1u64 << r.leak,
+                if r.kod { " with a KoD RATE" } else { "" },
+                r.clients
+            )
+        } else {
+            "no rate limit".to_owned()
+        };
+        format!("{access}; {rate}")
+    }
+
     /// The access list and rate limit for the workers.
     pub fn protection(&self) -> crate::policy::Protection {
         crate::policy::Protection::new(

@@ -39,8 +39,9 @@ pub struct RateLimitConfig {
     pub clients: usize,
 }
 
-/// Default `interval`, seconds (chrony's `ratelimit interval 1`, 2^1 s).
-pub const DEFAULT_INTERVAL: f64 = 2.0;
+/// Default `interval`, seconds (chrony's `ratelimit interval 3` and ntpd's
+/// `discard average 3`: 2^3 s).
+pub const DEFAULT_INTERVAL: f64 = 8.0;
 /// Range of `interval`, seconds.
 pub const INTERVAL_RANGE: (f64, f64) = (1e-6, 4096.0);
 /// Default `burst` (chrony's).

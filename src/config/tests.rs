@@ -268,3 +268,133 @@ fn an_endless_file_is_refused_with_its_size_limit() {
         "{err}"
     );
 }
+
+#[test]
+fn access_and_rate_limit_parse_into_the_policy() {
+    use crate::policy::{Access, DenyAction};
+    let c = parse(
+        r#"
+        [access]
+        default = "deny"
+        allow = ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]
+        deny = ["192.0.2.128/25"]
+        deny-action = "kod"
+        [rate-limit]
+        enabled = true
+        interval = 0.5
+        burst = 4
+        leak = 3
+        kod = true
+        ipv4-prefix = 20
+        ipv6-prefix = 56
+        clients = 4096
+        "#,
+    )
+    .unwrap();
+    let rules = c.access.rules();
+    assert_eq!(rules.default, Access::Deny);
+    assert_eq!(rules.allow.len(), 3);
+    assert_eq!(rules.allow[2].to_string(), "198.51.100.7/32");
+    assert_eq!(rules.deny[0].to_string(), "192.0.2.128/25");
+    assert_eq!(c.access.deny_action(), DenyAction::Kod);
+    let limit = c.rate_limit.limit().unwrap();
+    assert_eq!(limit.interval_nanos, 500_000_000);
+    assert_eq!((limit.burst, limit.leak, limit.kod), (4, 3, true));
+    assert_eq!(
+        (limit.ipv4_prefix, limit.ipv6_prefix, limit.clients),
+        (20, 56, 4096)
+    );
+    assert_eq!(c.rate_limit.table_bytes(), 4096 * 32);
+    assert_eq!(
+        c.protection_summary(),
+        "access: 3 allow and 1 deny prefixes, default deny, denied clients get a KoD DENY; \
+         rate limit: burst 4 then one per 0.5 s per client (/20 IPv4, /56 IPv6), 1 in 8 over \
+         it answered with a KoD RATE, 4096 clients remembered"
+    );
+    assert_eq!(
+        parse("").unwrap().protection_summary(),
+        "access: everyone allowed; no rate limit"
+    );
+    // A whole /20 as one client is allowed, with a warning.
+    assert!(c.warnings().iter().any(|w| w.contains("a whole network")));
+}
+
+#[test]
+fn protection_defaults_serve_everyone_without_limits() {
+    let c = parse("").unwrap();
+    assert_eq!(c.access, AccessConfig::default());
+    assert!(c.access.rules().allow.is_empty());
+    assert_eq!(c.rate_limit.limit(), None);
+    let on = parse("[rate-limit]\nenabled = true").unwrap();
+    let limit = on.rate_limit.limit().unwrap();
+    assert_eq!(limit.interval_nanos, 8_000_000_000);
+    assert_eq!((limit.burst, limit.leak, limit.kod), (8, 2, false));
+    assert_eq!((limit.ipv4_prefix, limit.ipv6_prefix), (32, 64));
+    assert_eq!(limit.clients, 1 << 20);
+    assert!(on.warnings().is_empty());
+}
+
+#[test]
+fn bad_prefixes_and_limits_name_their_key_and_line() {
+    let err = parse("[access]\nallow = [\n  \"10.0.0.0/8\",\n  \"192.0.2.1/24\",\n]")
+        .unwrap_err()
+        .to_string();
+    // The TOML reader places it at its list.
+    assert!(err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("`192.0.2.1/24` has host bits set after /24: did you mean 192.0.2.0/24?"),
+        "{err}"
+    );
+    let err = parse("[access]\ndeny = [\"office\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`office` is not an IPv4 or IPv6 address"),
+        "{err}"
+    );
+    let err = parse("[access]\ndeny-action = \"reject\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ignore") && err.contains("kod"), "{err}");
+    for (text, key, allowed) in [
+        (
+            "interval = 0",
+            "rate-limit.interval",
+            "from 0.000001 to 4096",
+        ),
+        ("burst = 0", "rate-limit.burst", "1 to 65536"),
+        ("leak = 17", "rate-limit.leak", "0 to 16"),
+        ("ipv4-prefix = 33", "rate-limit.ipv4-prefix", "0–32"),
+        ("ipv6-prefix = 129", "rate-limit.ipv6-prefix", "0–128"),
+        (
+            "clients = 8",
+            "rate-limit.clients",
+            "16 to 67108864 (32 bytes each)",
+        ),
+    ] {
+        let err = parse(&format!("[rate-limit]\nenabled = true\n{text}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("line 3: `{key}`")), "{err}");
+        assert!(err.contains(allowed), "{err}");
+    }
+}
+
+#[test]
+fn protection_that_serves_no_one_or_everyone_is_a_warning() {
+    let w = parse("[access]\ndefault = \"deny\"").unwrap().warnings();
+    assert!(
+        w.iter().any(|w| w.contains("no client will be served")),
+        "{w:?}"
+    );
+    let w = parse("[access]\ndeny-action = \"kod\"").unwrap().warnings();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("every request from a denied client")),
+        "{w:?}"
+    );
+    let w = parse("[rate-limit]\nenabled = true\nleak = 0")
+        .unwrap()
+        .warnings();
+    assert!(w.iter().any(|w| w.contains("still answered")), "{w:?}");
+}

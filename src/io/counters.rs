@@ -48,6 +48,11 @@ impl Counters {
         self.dropped.iter().sum()
     }
 
+    /// Kiss-o'-death replies, whatever the code.
+    pub fn kod_total(&self) -> u64 {
+        self.kod.iter().sum()
+    }
+
     /// Drops for one reason.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason.index()]
@@ -206,5 +211,6 @@ mod tests {
              KoD DENY 0, KoD RATE 2"
         );
         assert_eq!(total.kod[Kiss::Rate.index()], 4);
+        assert_eq!(total.kod_total(), 4);
     }
 }

@@ -74,8 +74,10 @@ pub enum CidrError {
     },
     /// Bits are set after the prefix length (`192.0.2.1/24`): the operator
     /// probably meant another prefix, so it is refused, not guessed.
-    #[error("host bits are set after /{len}: did you mean {suggest}?")]
+    #[error("`{written}` has host bits set after /{len}: did you mean {suggest}?")]
     HostBits {
+        /// The prefix as written.
+        written: String,
         /// The length as written.
         len: u8,
         /// The prefix with the host bits cleared.
@@ -146,6 +148,7 @@ impl FromStr for Cidr {
         if cidr.bits != bits {
             let cleared = Cidr { len: 128, ..cidr };
             return Err(CidrError::HostBits {
+                written: s.to_owned(),
                 len,
                 suggest: format!("{}/{len}", cleared.address()),
             });
@@ -217,7 +220,7 @@ mod tests {
         let err = |s: &str| s.parse::<Cidr>().unwrap_err().to_string();
         assert_eq!(
             err("192.0.2.1/24"),
-            "host bits are set after /24: did you mean 192.0.2.0/24?"
+            "`192.0.2.1/24` has host bits set after /24: did you mean 192.0.2.0/24?"
         );
         assert_eq!(
             err("192.0.2.0/33"),
