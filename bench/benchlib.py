@@ -320,6 +320,35 @@ def rss_kib(pid):
     return None
 
 
+def cpu_ns(pid):
+    """CPU time all threads of process `pid` have run so far, ns
+    (/proc/PID/task/*/schedstat: steal time left out)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def log_lines(log_path, *needles):
+    """The messages (after the time stamp and level) of the lines of a
+    server's log that contain any of `needles`."""
+    out = []
+    with open(log_path) as f:
+        for line in f:
+            if any(n in line for n in needles):
+                parts = line.rstrip("\n").split(None, 2)
+                out.append(parts[2] if len(parts) == 3 else line.strip())
+    return out
+
+
 def worker_counters(log_path):
     """fastntpd's own totals from the `worker N (…): received …` lines it
     logs when it stops: {"received", "replied", "dropped", "kernel drops",
