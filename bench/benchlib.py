@@ -123,23 +123,42 @@ def fastntpd_exe(cargo_target, exe=None):
 
 
 def start_fastntpd(tmp, cargo_target, io="io-uring", name="fastntpd", exe=None, workers=1,
-                   cores=SERVER_CORE):
+                   cores=SERVER_CORE, extra_conf="", extra_note=""):
     """fastntpd serving the local clock at stratum 10 on a free loopback
     port, restricted to `cores` (taskset list; its workers pin themselves
-    to those cores in turn), or to none with cores=None."""
+    to those cores in turn), or to none with cores=None. `extra_conf` is
+    appended to its configuration file (e.g. `protection_conf`), and
+    `extra_note` to its note."""
     exe = fastntpd_exe(cargo_target, exe)
     port = free_port()
     conf = os.path.join(tmp, f"{name}.toml")
     with open(conf, "w") as f:
         f.write(
             f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = {workers}\nio = "{io}"\n\n'
-            "[clock]\nlocal-stratum = 10\n"
+            "[clock]\nlocal-stratum = 10\n" + (f"\n{extra_conf}" if extra_conf else "")
         )
     pin = ["taskset", "-c", cores] if cores else []
     argv = pin + [exe, "--config", conf]
     where = "" if exe == os.path.join(cargo_target, "release", "fastntpd") else f" ({exe})"
     on = f" on core{'s' if ',' in cores or '-' in cores else ''} {cores}" if cores else ""
-    return Server(name, argv, port, tmp, f"workers = {workers}, io = {io}{on}{where}"), None
+    return Server(name, argv, port, tmp,
+                  f"workers = {workers}, io = {io}{on}{where}{extra_note}"), None
+
+
+def toml_list(items):
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def protection_conf(allow=(), deny=(), default="allow", deny_action="ignore", interval=2.0,
+                    burst=8, leak=2, kod=True, clients=1 << 20):
+    """The `[access]` and `[rate-limit]` sections of a fastntpd
+    configuration (rate limiting on) with these keys."""
+    return (
+        f'[access]\ndefault = "{default}"\nallow = {toml_list(allow)}\n'
+        f'deny = {toml_list(deny)}\ndeny-action = "{deny_action}"\n\n'
+        f"[rate-limit]\nenabled = true\ninterval = {interval!r}\nburst = {burst}\n"
+        f"leak = {leak}\nkod = {'true' if kod else 'false'}\nclients = {clients}\n"
+    )
 
 
 def start_fastntpd_mmsg(tmp, cargo_target, exe=None):
@@ -222,33 +241,119 @@ def wait_quiet(limit_s):
             return b
 
 
+LOADGEN_TIMEOUT_S = 900
+
+
+class LoadgenRun:
+    """One ntp-loadgen started on LOADGEN_CORE, running beside whatever
+    else the caller does (e.g. a second one); `wait` collects its result.
+    It is killed (by PID) if it is still running `timeout` s after it was
+    started."""
+
+    def __init__(self, cargo_target, port, args, tmp, tag, timeout=LOADGEN_TIMEOUT_S):
+        self.out = os.path.join(tmp, f"{tag}.json")
+        if os.path.exists(self.out):
+            os.remove(self.out)
+        self.argv = [
+            "taskset", "-c", LOADGEN_CORE,
+            os.path.join(cargo_target, "release", "ntp-loadgen"),
+            f"127.0.0.1:{port}", "--no-progress", "--json", self.out,
+        ] + args
+        self.deadline = time.time() + timeout
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def open_fds(self):
+        """How many files it has open (its sockets, once it set them up)."""
+        try:
+            return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        except OSError:
+            return 0
+
+    def wait(self, allow_no_valid=False):
+        """Its JSON and its table. It exits 1 when not one valid reply
+        came; with allow_no_valid that is a result (e.g. a flood took the
+        server down, or it is the flood), not a failure."""
+        try:
+            stdout, stderr = self.proc.communicate(timeout=max(1.0, self.deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
+            raise RuntimeError(f"ntp-loadgen still running at its deadline: {' '.join(self.argv)}")
+        no_valid = (self.proc.returncode == 1 and "no valid reply" in stderr
+                    and os.path.exists(self.out))
+        if self.proc.returncode != 0 and not (allow_no_valid and no_valid):
+            raise RuntimeError(f"ntp-loadgen failed ({self.proc.returncode}): {stderr}\n{stdout}")
+        with open(self.out) as f:
+            return json.load(f), stdout
+
+    def stop(self):
+        """Kills it (by PID) if it still runs (after a failure elsewhere)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
+
+
 def loadgen(cargo_target, port, args, tmp, tag, quiet_wait=0, allow_no_valid=False):
     """Runs ntp-loadgen on LOADGEN_CORE and returns (its JSON, its table).
     It exits 1 when not one valid reply came; with allow_no_valid that is
     a result (e.g. a flood took the server down), not a failure."""
     busy = wait_quiet(quiet_wait)
-    out = os.path.join(tmp, f"{tag}.json")
-    if os.path.exists(out):
-        os.remove(out)
-    argv = [
-        "taskset", "-c", LOADGEN_CORE,
-        os.path.join(cargo_target, "release", "ntp-loadgen"),
-        f"127.0.0.1:{port}", "--no-progress", "--json", out,
-    ] + args
-    r = subprocess.run(argv, capture_output=True, text=True)
-    no_valid = r.returncode == 1 and "no valid reply" in r.stderr and os.path.exists(out)
-    if r.returncode != 0 and not (allow_no_valid and no_valid):
-        raise RuntimeError(f"ntp-loadgen failed ({r.returncode}): {r.stderr}\n{r.stdout}")
-    with open(out) as f:
-        j = json.load(f)
+    run = LoadgenRun(cargo_target, port, args, tmp, tag)
+    try:
+        j, table = run.wait(allow_no_valid)
+    finally:
+        run.stop()
     j["busy_before_pct"] = busy
-    return j, r.stdout
+    return j, table
+
+
+def rss_kib(pid):
+    """VmRSS of process `pid` in KiB (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cpu_ns(pid):
+    """CPU time all threads of process `pid` have run so far, ns
+    (/proc/PID/task/*/schedstat: steal time left out)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def log_lines(log_path, *needles):
+    """The messages (after the time stamp and level) of the lines of a
+    server's log that contain any of `needles`."""
+    out = []
+    with open(log_path) as f:
+        for line in f:
+            if any(n in line for n in needles):
+                parts = line.rstrip("\n").split(None, 2)
+                out.append(parts[2] if len(parts) == 3 else line.strip())
+    return out
 
 
 def worker_counters(log_path):
     """fastntpd's own totals from the `worker N (…): received …` lines it
     logs when it stops: {"received", "replied", "dropped", "kernel drops",
-    "re-arms", …} summed over workers, and "drop reasons" {reason: n}."""
+    "re-arms", …, "KoD DENY", "KoD RATE"} summed over workers, and "drop
+    reasons" {reason: n}."""
     totals = {"drop reasons": {}}
     with open(log_path) as f:
         for line in f:
@@ -260,7 +365,7 @@ def worker_counters(log_path):
                 for key, value in re.findall(r"([a-z_]+)=(\d+)", reasons.group(1)):
                     totals["drop reasons"][key] = totals["drop reasons"].get(key, 0) + int(value)
                 body = body.replace(" " + reasons.group(0), "")
-            for key, value in re.findall(r"([a-z -]+?) (\d+)(?:,|$)", body.strip()):
+            for key, value in re.findall(r"([A-Za-z -]+?) (\d+)(?:,|$)", body.strip()):
                 key = key.strip()
                 totals[key] = totals.get(key, 0) + int(value)
     return totals
